@@ -1,0 +1,1 @@
+"""Benchmarks: `python -m cloob_jax.bench {data,train} [flags]`."""
