@@ -1,0 +1,139 @@
+"""Building blocks shared by the towers: float32 norms, attention, pre-LN transformer.
+
+Every module computes in `dtype` (float32 or bfloat16) and keeps its parameters in float32;
+LayerNorm and softmax always run in float32 and cast back (the usual mixed-precision recipe).
+"""
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+
+
+def quick_gelu(x):
+  """OpenAI CLIP's sigmoid approximation of GELU: x * sigmoid(1.702 x)."""
+  return x * jax.nn.sigmoid(1.702 * x)
+
+
+def exact_gelu(x):
+  """PyTorch's nn.GELU default (erf form), which open_clip uses unless quick_gelu is set."""
+  return nn.gelu(x, approximate=False)
+
+
+def activation(quick: bool) -> Callable:
+  return quick_gelu if quick else exact_gelu
+
+
+class LayerNorm(nn.Module):
+  """LayerNorm over the last axis computed in float32 (eps 1e-5 as in PyTorch), cast to `dtype`."""
+  dtype: Dtype = jnp.float32
+  epsilon: float = 1e-5
+
+  @nn.compact
+  def __call__(self, x):
+    width = x.shape[-1]
+    scale = self.param("scale", nn.initializers.ones, (width,), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (width,), jnp.float32)
+    x = x.astype(jnp.float32)
+    mean = jnp.mean(x, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
+    y = (x - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + bias
+    return y.astype(self.dtype)
+
+
+def dense(features, dtype, name, std=None, use_bias=True):
+  init = nn.initializers.normal(std) if std is not None else nn.initializers.lecun_normal()
+  return nn.Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
+                  kernel_init=init, name=name)
+
+
+class MultiHeadAttention(nn.Module):
+  """Self-attention with a fused qkv projection laid out like torch's nn.MultiheadAttention."""
+  width: int
+  heads: int
+  dtype: Dtype = jnp.float32
+  in_std: float | None = None
+  out_std: float | None = None
+
+  @nn.compact
+  def __call__(self, x, mask=None):
+    """x: [batch, length, width]; mask: bool [length, length] (True = attend) or None."""
+    b, l, w = x.shape
+    head_dim = w // self.heads
+    qkv = dense(3 * w, self.dtype, "in_proj", self.in_std)(x)
+    q, k, v = jnp.split(qkv.reshape(b, l, 3, self.heads, head_dim), 3, axis=2)
+    q, k, v = q[:, :, 0], k[:, :, 0], v[:, :, 0]  # [b, l, heads, head_dim]
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q * head_dim**-0.5, k,
+                        preferred_element_type=jnp.float32)
+    if mask is not None:
+      logits = jnp.where(mask, logits, -jnp.inf)
+    weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+    out = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(b, l, w)
+    return dense(w, self.dtype, "out_proj", self.out_std)(out)
+
+
+class MLP(nn.Module):
+  """c_fc -> GELU (exact or quick) -> c_proj back to the input width."""
+  hidden: int
+  quick_gelu: bool = False
+  dtype: Dtype = jnp.float32
+  fc_std: float | None = None
+  proj_std: float | None = None
+
+  @nn.compact
+  def __call__(self, x):
+    y = dense(self.hidden, self.dtype, "c_fc", self.fc_std)(x)
+    y = activation(self.quick_gelu)(y)
+    return dense(x.shape[-1], self.dtype, "c_proj", self.proj_std)(y)
+
+
+class ResidualAttentionBlock(nn.Module):
+  """Pre-LN block: x + attn(ln_1(x)); x + mlp(ln_2(x)) with a GELU MLP of ratio `mlp_ratio`."""
+  width: int
+  heads: int
+  layers: int  # depth of the stack, for the init scale of the residual projections
+  mlp_ratio: float = 4.0
+  quick_gelu: bool = False
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, mask=None):
+    attn_std = self.width**-0.5
+    proj_std = attn_std * (2 * self.layers)**-0.5
+    fc_std = (2 * self.width)**-0.5
+    y = LayerNorm(self.dtype, name="ln_1")(x)
+    x = x + MultiHeadAttention(self.width, self.heads, self.dtype, attn_std, proj_std,
+                               name="attn")(y, mask)
+    y = LayerNorm(self.dtype, name="ln_2")(x)
+    y = MLP(int(self.width * self.mlp_ratio), self.quick_gelu, self.dtype, fc_std, proj_std,
+            name="mlp")(y)
+    return x + y
+
+
+class Transformer(nn.Module):
+  """A stack of `layers` residual attention blocks, optionally rematerialised (grad checkpointing)."""
+  width: int
+  layers: int
+  heads: int
+  mlp_ratio: float = 4.0
+  quick_gelu: bool = False
+  remat: bool = False
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, mask=None):
+    block = nn.remat(ResidualAttentionBlock) if self.remat else ResidualAttentionBlock
+    for i in range(self.layers):
+      x = block(self.width, self.heads, self.layers, self.mlp_ratio, self.quick_gelu, self.dtype,
+                name=f"resblocks_{i}")(x, mask)
+    return x
+
+
+def l2_normalize(x, eps=1e-12):
+  """Rows to unit L2 norm, in float32 (F.normalize semantics: divide by max(norm, eps))."""
+  x = x.astype(jnp.float32)
+  norm = jnp.sqrt(jnp.sum(x * x, axis=-1, keepdims=True))
+  return x / jnp.maximum(norm, eps)

@@ -1,0 +1,121 @@
+"""CLIP's ModifiedResNet: 3-conv stem, anti-aliased (avg-pool) strides, attention pooling."""
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from cloob_jax.models import layers as nnl
+
+
+def _conv(features, kernel, dtype, name, std=None):
+  init = (nn.initializers.normal(std) if std is not None
+          else nn.initializers.variance_scaling(2.0, "fan_out", "normal"))
+  pad = kernel // 2
+  return nn.Conv(features, (kernel, kernel), padding=((pad, pad), (pad, pad)), use_bias=False,
+                 dtype=dtype, param_dtype=jnp.float32, kernel_init=init, name=name)
+
+
+def _avg_pool(x, stride):
+  return nn.avg_pool(x, (stride, stride), strides=(stride, stride), padding="VALID")
+
+
+def _batch_norm(x, train, dtype, name, zero_init=False):
+  """BatchNorm in float32 with PyTorch's defaults (eps 1e-5, momentum 0.1), cast to `dtype`.
+
+  Under jit on a batch-sharded global array the mean/var reduce over the global batch.
+  """
+  bn = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                    dtype=jnp.float32, param_dtype=jnp.float32,
+                    scale_init=nn.initializers.zeros if zero_init else nn.initializers.ones,
+                    name=name)
+  return bn(x.astype(jnp.float32)).astype(dtype)
+
+
+class Bottleneck(nn.Module):
+  """1x1 -> 3x3 -> avg-pool(stride) -> 1x1 (x4), with an avg-pool + 1x1 conv downsample."""
+  planes: int
+  stride: int = 1
+  dtype: nnl.Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    out = _conv(self.planes, 1, self.dtype, "conv1")(x)
+    out = jax.nn.relu(_batch_norm(out, train, self.dtype, "bn1"))
+    out = _conv(self.planes, 3, self.dtype, "conv2")(out)
+    out = jax.nn.relu(_batch_norm(out, train, self.dtype, "bn2"))
+    if self.stride > 1:
+      out = _avg_pool(out, self.stride)
+    # bn3 starts at zero so each block starts as the identity (as open_clip initialises it).
+    out = _conv(self.planes * 4, 1, self.dtype, "conv3")(out)
+    out = _batch_norm(out, train, self.dtype, "bn3", zero_init=True)
+    identity = x
+    if self.stride > 1 or x.shape[-1] != self.planes * 4:
+      identity = _avg_pool(x, self.stride) if self.stride > 1 else x
+      identity = _conv(self.planes * 4, 1, self.dtype, "downsample_conv")(identity)
+      identity = _batch_norm(identity, train, self.dtype, "downsample_bn")
+    return jax.nn.relu(out + identity)
+
+
+class AttentionPool2d(nn.Module):
+  """Multi-head attention of the mean token (query) over [mean; spatial tokens] + positions."""
+  spatial: int  # side of the final feature map (image_size // 32)
+  heads: int
+  output_dim: int
+  dtype: nnl.Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    b, h, w, c = x.shape
+    x = x.reshape(b, h * w, c)
+    x = jnp.concatenate([jnp.mean(x, axis=1, keepdims=True, dtype=jnp.float32).astype(x.dtype), x],
+                        axis=1)
+    pos = self.param("positional_embedding", nn.initializers.normal(c**-0.5),
+                     (self.spatial**2 + 1, c), jnp.float32)
+    x = x + pos.astype(self.dtype)
+    std = c**-0.5
+    head_dim = c // self.heads
+    q = nnl.dense(c, self.dtype, "q_proj", std)(x[:, :1]).reshape(b, 1, self.heads, head_dim)
+    k = nnl.dense(c, self.dtype, "k_proj", std)(x).reshape(b, -1, self.heads, head_dim)
+    v = nnl.dense(c, self.dtype, "v_proj", std)(x).reshape(b, -1, self.heads, head_dim)
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q * head_dim**-0.5, k,
+                        preferred_element_type=jnp.float32)
+    weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+    out = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(b, c)
+    return nnl.dense(self.output_dim, self.dtype, "c_proj", std)(out)
+
+
+class ModifiedResNet(nn.Module):
+  """images [batch, H, W, 3] (normalised float) -> unnormalised features [batch, embed_dim]."""
+  embed_dim: int
+  image_size: int = 224
+  layers: Sequence[int] = (3, 4, 6, 3)
+  width: int = 64
+  head_width: int = 64
+  remat: bool = False
+  dtype: nnl.Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, images, train: bool = False):
+    if images.shape[1:3] != (self.image_size, self.image_size):
+      raise ValueError(f"expected images of {self.image_size}x{self.image_size}, "
+                       f"got {images.shape[1]}x{images.shape[2]}")
+    x = images.astype(self.dtype)
+    stem = [(self.width // 2, 2), (self.width // 2, 1), (self.width, 1)]
+    for i, (features, stride) in enumerate(stem, start=1):
+      x = nn.Conv(features, (3, 3), strides=stride, padding=((1, 1), (1, 1)), use_bias=False,
+                  dtype=self.dtype, param_dtype=jnp.float32,
+                  kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
+                  name=f"conv{i}")(x)
+      x = jax.nn.relu(_batch_norm(x, train, self.dtype, f"bn{i}"))
+    x = _avg_pool(x, 2)
+    block = nn.remat(Bottleneck, static_argnums=(2,)) if self.remat else Bottleneck
+    for stage, blocks in enumerate(self.layers):
+      planes = self.width * 2**stage
+      for j in range(blocks):
+        stride = 2 if (stage > 0 and j == 0) else 1
+        x = block(planes, stride, self.dtype, name=f"layer{stage + 1}_{j}")(x, train)
+    heads = self.width * 32 // self.head_width
+    return AttentionPool2d(self.image_size // 32, heads, self.embed_dim, self.dtype,
+                           name="attnpool")(x)

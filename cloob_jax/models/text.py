@@ -1,0 +1,44 @@
+"""CLIP's text tower: causal pre-LN transformer pooled at the end-of-text token."""
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from cloob_jax.models import layers as nnl
+
+
+class TextTransformer(nn.Module):
+  """tokens int32 [batch, context_length] -> unnormalised features [batch, embed_dim].
+
+  Pooling takes the position of the highest token id in each row, which is CLIP's
+  end-of-text token (49407); the row's features there have seen the whole caption.
+  """
+  embed_dim: int
+  context_length: int = 77
+  vocab_size: int = 49408
+  width: int = 512
+  heads: int = 8
+  layers: int = 12
+  mlp_ratio: float = 4.0
+  quick_gelu: bool = False
+  remat: bool = False
+  dtype: nnl.Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, tokens):
+    length = tokens.shape[1]
+    if length > self.context_length:
+      raise ValueError(f"tokens have length {length} > context_length {self.context_length}")
+    x = nn.Embed(self.vocab_size, self.width, embedding_init=nn.initializers.normal(0.02),
+                 param_dtype=jnp.float32, name="token_embedding")(tokens)
+    pos = self.param("positional_embedding", nn.initializers.normal(0.01),
+                     (self.context_length, self.width), jnp.float32)
+    x = (x + pos[:length]).astype(self.dtype)
+    causal = jnp.tril(jnp.ones((length, length), dtype=bool))
+    x = nnl.Transformer(self.width, self.layers, self.heads, self.mlp_ratio, self.quick_gelu,
+                           self.remat, self.dtype, name="transformer")(x, causal)
+    x = nnl.LayerNorm(self.dtype, name="ln_final")(x)
+    eot = jnp.argmax(tokens, axis=-1)  # first occurrence of the highest id, as torch.argmax
+    pooled = jnp.take_along_axis(x, eot[:, None, None], axis=1)[:, 0]
+    proj = self.param("text_projection", nn.initializers.normal(self.width**-0.5),
+                      (self.width, self.embed_dim), jnp.float32)
+    return pooled @ proj.astype(self.dtype)

@@ -1,0 +1,47 @@
+"""CLIP's Vision Transformer: bias-free patch embedding, class token, LN before and after."""
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from cloob_jax.models import layers as nnl
+
+
+class VisionTransformer(nn.Module):
+  """images [batch, H, W, 3] (normalised float) -> unnormalised features [batch, embed_dim]."""
+  embed_dim: int
+  image_size: int = 224
+  patch_size: int = 32
+  width: int = 768
+  layers: int = 12
+  head_width: int = 64
+  mlp_ratio: float = 4.0
+  quick_gelu: bool = False
+  remat: bool = False
+  dtype: nnl.Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, images, train: bool = False):
+    del train  # no batch statistics in this tower
+    grid = self.image_size // self.patch_size
+    if images.shape[1:3] != (self.image_size, self.image_size):
+      raise ValueError(f"expected images of {self.image_size}x{self.image_size}, "
+                       f"got {images.shape[1]}x{images.shape[2]}")
+    x = nn.Conv(self.width, (self.patch_size, self.patch_size), strides=self.patch_size,
+                padding="VALID", use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
+                name="conv1")(images.astype(self.dtype))
+    b = x.shape[0]
+    x = x.reshape(b, grid * grid, self.width)  # row-major patches, as torch's flatten(2)
+    scale = self.width**-0.5
+    cls = self.param("class_embedding", nn.initializers.normal(scale), (self.width,), jnp.float32)
+    pos = self.param("positional_embedding", nn.initializers.normal(scale),
+                     (grid * grid + 1, self.width), jnp.float32)
+    x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (b, 1, self.width)), x], axis=1)
+    x = (x + pos).astype(self.dtype)
+    x = nnl.LayerNorm(self.dtype, name="ln_pre")(x)
+    x = nnl.Transformer(self.width, self.layers, self.width // self.head_width,
+                           self.mlp_ratio, self.quick_gelu, self.remat, self.dtype,
+                           name="transformer")(x)
+    x = nnl.LayerNorm(self.dtype, name="ln_post")(x[:, 0])
+    proj = self.param("proj", nn.initializers.normal(scale), (self.width, self.embed_dim),
+                      jnp.float32)
+    return x @ proj.astype(self.dtype)
