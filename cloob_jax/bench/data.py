@@ -1,0 +1,220 @@
+"""Input pipeline throughput: `python -m cloob_jax.bench data [--workers=2 --image-size=224 ...]`.
+
+Writes ArrayRecord shards of realistically sized JPEGs (500x375 .. 800x600,
+smooth colour fields + shapes + grain, quality 90, ~50-100 KB) to a temp dir,
+then reports images/s for:
+  1. one thread, no grain: each stage of decode + augment + tokenize, with and
+     without JPEG draft (libjpeg's reduced-scale decode);
+  2. the grain training pipeline (`pipeline.create_train_dataset`) with 0 worker
+     processes (decoding in threads of this process) and with --workers;
+  3. the same for the synthetic world at --synthetic-size (64).
+Each rate is given per second of wall time and per CPU-second (this process's
+threads plus its worker processes): on a shared machine the second is the
+better estimate of images/s per core. Each is the best of --repeats runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+
+def natural_image(rng: np.random.Generator, width: int, height: int) -> Image.Image:
+  """A photo-like RGB image: smooth colour field, a few shapes, slight blur, grain."""
+  img = Image.fromarray(rng.integers(0, 256, (3, 4, 3), dtype=np.uint8))
+  img = img.resize((width, height), Image.BICUBIC)
+  detail = Image.fromarray(rng.integers(0, 256, (height // 24 + 2, width // 24 + 2, 3),
+                                        dtype=np.uint8)).resize((width, height), Image.BICUBIC)
+  img = Image.blend(img, detail, 0.3)
+  draw = ImageDraw.Draw(img)
+  for _ in range(int(rng.integers(3, 9))):
+    x, y = int(rng.integers(0, width)), int(rng.integers(0, height))
+    s = int(rng.integers(width // 12, width // 3))
+    colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+    kind = rng.integers(3)
+    if kind == 0:
+      draw.ellipse([x - s // 2, y - s // 2, x + s // 2, y + s // 2], fill=colour)
+    elif kind == 1:
+      draw.rectangle([x - s // 2, y - s // 2, x + s // 2, y + s // 2], fill=colour)
+    else:
+      draw.polygon([(x + s * np.cos(a), y + s * np.sin(a)) for a in rng.uniform(0, 6.3, 3)],
+                   fill=colour)
+  img = img.filter(ImageFilter.GaussianBlur(1.0))
+  # Sensor-like grain: what makes real JPEGs 50-100 KB rather than 20.
+  grain_noise = rng.normal(0, 4.5, (height, width, 1))
+  return Image.fromarray(np.clip(np.asarray(img) + grain_noise, 0, 255).astype(np.uint8))
+
+
+def write_shards(directory: str, num_images: int, num_unique: int, seed: int = 0):
+  """Writes `num_images` records (cycling `num_unique` JPEGs) in 4 shards; returns sizes."""
+  from cloob_jax.data import records, tokenizer  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(seed)
+  jpegs = []
+  for _ in range(num_unique):
+    w = int(rng.integers(500, 801))
+    h = int(round(w * 0.75))
+    buf = io.BytesIO()
+    natural_image(rng, w, h).save(buf, "JPEG", quality=90)
+    jpegs.append((buf.getvalue(), (w, h)))
+  captions = tokenizer.synthetic_alt_text(num_images, seed=seed)
+  shards, per_shard = [], -(-num_images // 4)
+  for s in range(4):
+    name = f"shard-{s:05d}{records.SHARD_SUFFIX}"
+    writer = records.ShardWriter(os.path.join(directory, name))
+    for i in range(s * per_shard, min(num_images, (s + 1) * per_shard)):
+      writer.write(jpegs[i % num_unique][0], captions[i], f"{i:08d}")
+    writer.close()
+    shards.append({"unit": s, "file": name, "num_records": writer.num_records, "skipped": {}})
+  records.write_manifest(directory, {
+      "format": records.FORMAT, "source": {"kind": "bench"}, "shards": shards,
+      "num_records": num_images, "skipped": {}, "complete": True})
+  return [len(j) for j, _ in jpegs], [wh for _, wh in jpegs]
+
+
+def _cpu_seconds() -> float:
+  """CPU seconds used so far by this process (all threads) and its live children."""
+  total = time.process_time()  # ns resolution; os.times() ticks are 10 ms
+  me, tick = os.getpid(), os.sysconf("SC_CLK_TCK")
+  try:
+    pids = [p for p in os.listdir("/proc") if p.isdigit()]
+  except OSError:
+    return total
+  for pid in pids:
+    try:
+      with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+      continue
+    if int(fields[1]) == me:  # ppid; then utime, stime at 11, 12
+      total += (int(fields[11]) + int(fields[12])) / tick
+  return total
+
+
+def _best_rate(fn, n: int, repeats: int) -> tuple[float, float]:
+  """(images/s of wall time, images/s of CPU time), best of `repeats`."""
+  wall = cpu = 0.0
+  for _ in range(repeats):
+    start, cpu_start = time.perf_counter(), _cpu_seconds()
+    fn()
+    wall = max(wall, n / (time.perf_counter() - start))
+    cpu = max(cpu, n / max(_cpu_seconds() - cpu_start, 1e-9))
+  return wall, cpu
+
+
+def single_core(source, image_size: int, context_length: int, n: int, repeats: int):
+  """{stage: (wall images/s, CPU images/s)} on one thread, as the pipeline does it."""
+  from cloob_jax.data import records, tokenizer, transforms  # pylint: disable=g-import-not-at-top
+  recs = [source[i] for i in range(n)]
+  rng = np.random.default_rng(0)
+  out = {}
+  out["read+unpack"] = _best_rate(lambda: [source[i] for i in range(n)], n, repeats)
+  for draft in (False, True):
+    size = image_size if draft else None
+    name = "draft" if draft else "full"
+    images = [records.load_image(r["image_bytes"], draft_size=size) for r in recs]
+    out[f"decode ({name})"] = _best_rate(
+        lambda: [records.load_image(r["image_bytes"], draft_size=size) for r in recs],
+        n, repeats)
+    out[f"crop+resize ({name})"] = _best_rate(
+        lambda: [transforms.random_resized_crop(im, image_size, rng) for im in images],
+        n, repeats)
+  captions = [source[i]["caption"] for i in range(min(len(source), 1024))]
+  tokenizer.tokenize(captions, context_length)  # load the vocabulary, warm the cache
+  out["tokenize (batched)"] = _best_rate(
+      lambda: [tokenizer.tokenize(captions[i:i + 64], context_length)
+               for i in range(0, len(captions), 64)], len(captions), repeats)
+  for name in ("full", "draft"):
+    stages = ("read+unpack", f"decode ({name})", f"crop+resize ({name})", "tokenize (batched)")
+    out[f"= all stages ({name})"] = tuple(
+        1 / sum(1 / out[k][j] for k in stages) for j in (0, 1))
+  return out
+
+
+def pipeline_rate(source, *, workers: int, batch_size: int, batches: int, repeats: int,
+                  **kwargs) -> tuple[float, float]:
+  """(images/s, images per CPU-second) of the grain train pipeline after a warm-up batch."""
+  from cloob_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  it = pipeline.create_train_iterator(
+      source, global_batch_size=batch_size, process_index=0, process_count=1,
+      num_workers=workers, **kwargs)
+  try:
+    for _ in range(2):  # worker start-up, buffers filling
+      next(it)
+
+    def consume():
+      for _ in range(batches):
+        next(it)
+    return _best_rate(consume, batches * batch_size, repeats)
+  finally:
+    if hasattr(it, "close"):
+      it.close()
+
+
+def run(argv=None):
+  p = argparse.ArgumentParser(prog="python -m cloob_jax.bench data", description=__doc__)
+  p.add_argument("--workers", type=int, default=2, help="grain worker processes")
+  p.add_argument("--image-size", type=int, default=224)
+  p.add_argument("--synthetic-size", type=int, default=64)
+  p.add_argument("--context-length", type=int, default=77)
+  p.add_argument("--batch-size", type=int, default=32)
+  p.add_argument("--batches", type=int, default=12, help="timed batches per run")
+  p.add_argument("--repeats", type=int, default=2)
+  p.add_argument("--num-images", type=int, default=2048, help="records in the shards")
+  p.add_argument("--num-unique", type=int, default=128, help="distinct JPEGs among them")
+  p.add_argument("--read-threads", type=int, default=None,
+                 help="decode threads per process (default: 1 with workers, 2 without)")
+  p.add_argument("--no-draft", action="store_true", help="pipeline without JPEG draft")
+  p.add_argument("--skip-synthetic", action="store_true")
+  args = p.parse_args(sys.argv[1:] if argv is None else argv)
+
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  flags.FLAGS.mark_as_parsed()  # grain's mp_prefetch reads absl flags
+  from cloob_jax.data import records  # pylint: disable=g-import-not-at-top
+
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  print(f"# cloob_jax data benchmark: {cores} cores visible, load average "
+        f"{os.getloadavg()[0]:.1f}, batch {args.batch_size}, best of {args.repeats}")
+  with tempfile.TemporaryDirectory(prefix="cloob_bench_") as tmp:
+    start = time.perf_counter()
+    sizes, dims = write_shards(tmp, args.num_images, args.num_unique)
+    print(f"shards: {args.num_images} records, {args.num_unique} distinct JPEGs "
+          f"{min(dims)}..{max(dims)}, {np.mean(sizes) / 1e3:.0f} KB mean "
+          f"({min(sizes) / 1e3:.0f}..{max(sizes) / 1e3:.0f}), "
+          f"written in {time.perf_counter() - start:.1f}s")
+    source = records.ImageTextSource(tmp)
+
+    print(f"\n## one thread, no grain, {args.image_size}x{args.image_size}: images/s "
+          "(wall, per CPU-second)")
+    for stage, (wall, cpu) in single_core(source, args.image_size, args.context_length,
+                                          min(64, args.num_unique), args.repeats).items():
+      print(f"  {stage:24s} {wall:7.0f} {cpu:7.0f}")
+
+    def report(title, src, size, **kw):
+      print(f"\n## grain pipeline, {title} at {size}x{size}: images/s")
+      for w in sorted({0, args.workers}):
+        threads = args.read_threads or (1 if w else 2)
+        wall, cpu = pipeline_rate(src, workers=w, batch_size=args.batch_size,
+                                  batches=args.batches, repeats=args.repeats, image_size=size,
+                                  context_length=args.context_length, read_threads=threads,
+                                  **kw)
+        per = f"{wall / w:7.0f} per worker" if w else f"{wall / threads:7.0f} per thread"
+        print(f"  workers={w} threads={threads}: {wall:7.0f} total {per}, "
+              f"{cpu:7.0f} per CPU-second (all processes)")
+
+    report("ArrayRecord JPEG shards", source, args.image_size, jpeg_draft=not args.no_draft)
+    if not args.skip_synthetic:
+      from cloob_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+      world = synthetic.SyntheticWorld(split="train", seed=0, image_size=args.synthetic_size,
+                                       num_examples=args.num_images)
+      report("synthetic world", world, args.synthetic_size)
+
+
+if __name__ == "__main__":
+  run()

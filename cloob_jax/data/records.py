@@ -1,0 +1,315 @@
+"""Image-caption shards: record encoding, robust image decoding, manifest and source.
+
+A shard directory holds ArrayRecord files (written with `group_size:1` so that
+any record can be read on its own) and a `manifest.json`:
+
+  {"format": "cloob_jax.image_text/1",
+   "source": {...how the records were made: converter arguments and inputs...},
+   "validation": {"max_pixels": ..., "min_side": ...},
+   "shards": [{"unit": 0, "input": ..., "file": "shard-00000.array_record",
+               "num_records": 123, "skipped": {"corrupt": 2}}, ...],
+   "num_records": 12345, "skipped": {"corrupt": 17, ...}, "complete": true}
+
+`skipped` counts records left out by reason (`REASONS`); a shard entry may also
+carry an "error" (an input that could not be read to its end).
+
+Each record is msgpack `[image_bytes, caption, key]`: the original encoded image
+bytes (never re-encoded), the caption as UTF-8 text and a source key (e.g. the
+webdataset key or the image path) for tracing a record back to its origin.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import warnings
+from typing import Any, Iterable, Mapping
+
+import msgpack
+import numpy as np
+from PIL import Image
+
+FORMAT = "cloob_jax.image_text/1"
+MANIFEST = "manifest.json"
+SHARD_SUFFIX = ".array_record"
+# group_size:1 makes random access read one record, not a 64k-record chunk;
+# JPEG/PNG bytes do not compress further, so skip the codec on both ends.
+WRITER_OPTIONS = "group_size:1,uncompressed"
+
+# Why a record was skipped. The order is the column order of the pipeline's
+# per-batch `skipped` counters; append new reasons at the end.
+REASONS = ("empty", "corrupt", "too_large", "too_small", "bad_caption", "missing")
+REASON_INDEX = {r: i for i, r in enumerate(REASONS)}
+
+DEFAULT_MAX_PIXELS = 64_000_000  # ~ 9000x7000; an RGB decode of that is ~190 MB
+DEFAULT_MIN_SIDE = 8
+
+
+class BadRecord(Exception):
+  """A record that cannot be used; `reason` is one of `REASONS`."""
+
+  def __init__(self, reason: str, detail: str = ""):
+    assert reason in REASON_INDEX, reason
+    super().__init__(f"{reason}: {detail}" if detail else reason)
+    self.reason = reason
+    self.detail = detail
+
+
+# ----------------------------------------------------------------------------
+# Record encoding.
+
+
+def encode_record(image_bytes: bytes, caption: str, key: str) -> bytes:
+  """Serialises one record; the inverse of `decode_record`."""
+  return msgpack.packb([bytes(image_bytes), caption, key], use_bin_type=True)
+
+
+def decode_record(data: bytes) -> dict[str, Any]:
+  """Returns {'image_bytes': bytes, 'caption': str, 'key': str}."""
+  image_bytes, caption, key = msgpack.unpackb(data, raw=False)
+  return {"image_bytes": image_bytes, "caption": caption, "key": key}
+
+
+def clean_caption(caption: str | bytes | None) -> str:
+  """Validates a caption; returns it stripped or raises BadRecord('bad_caption')."""
+  if caption is None:
+    raise BadRecord("bad_caption", "no caption")
+  if isinstance(caption, (bytes, bytearray)):
+    try:
+      caption = bytes(caption).decode("utf-8")
+    except UnicodeDecodeError as e:
+      raise BadRecord("bad_caption", "not UTF-8") from e
+  try:
+    caption.encode("utf-8")
+  except UnicodeEncodeError as e:  # surrogates from undecodable input bytes
+    raise BadRecord("bad_caption", "not UTF-8") from e
+  caption = caption.replace("\x00", "").strip()
+  if not caption:
+    raise BadRecord("bad_caption", "empty caption")
+  return caption
+
+
+# ----------------------------------------------------------------------------
+# Image decoding.
+
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+_INT16_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+  """Any PIL mode to RGB; transparency is composited on white."""
+  mode = img.mode
+  if mode == "RGB":
+    return img
+  if mode == "P" and "transparency" in img.info:
+    img, mode = img.convert("RGBA"), "RGBA"
+  if mode in _ALPHA_MODES:
+    rgba = np.asarray(img.convert("RGBA"), dtype=np.uint16)
+    alpha = rgba[..., 3:]
+    # Integer "over" on a white background: c*a + 255*(255-a), rounded.
+    rgb = (rgba[..., :3] * alpha + 255 * (255 - alpha) + 127) // 255
+    return Image.fromarray(rgb.astype(np.uint8))
+  if mode in _INT16_MODES or mode == "I":
+    # PIL's convert clips 16-bit values at 255; rescale the full range instead.
+    a = np.asarray(img).astype(np.int64)
+    if mode == "I" and a.max(initial=0) <= 255:
+      g = np.clip(a, 0, 255)
+    else:
+      g = np.clip(a, 0, 65535) >> 8
+    return Image.fromarray(g.astype(np.uint8), "L").convert("RGB")
+  if mode == "F":
+    a = np.asarray(img, dtype=np.float32)
+    a = a * 255.0 if a.max(initial=0.0) <= 1.0 else a
+    g = np.clip(np.rint(a), 0, 255).astype(np.uint8)
+    return Image.fromarray(g, "L").convert("RGB")
+  # L, 1, P, CMYK, YCbCr, LAB, HSV: PIL's own conversions are right.
+  return img.convert("RGB")
+
+
+def open_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+               min_side: int = DEFAULT_MIN_SIDE) -> Image.Image:
+  """Opens (header only) and checks size; raises BadRecord. Nothing is decoded yet."""
+  if not data:
+    raise BadRecord("empty", "zero bytes")
+  try:
+    with warnings.catch_warnings():
+      # We enforce our own pixel limit below, before any pixel is decoded.
+      warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+      img = Image.open(io.BytesIO(data))
+  except Image.DecompressionBombError as e:
+    raise BadRecord("too_large", str(e)) from e
+  except Exception as e:  # PIL raises many types for garbage input.
+    raise BadRecord("corrupt", f"{type(e).__name__}: {e}") from e
+  w, h = img.size
+  if w * h > max_pixels:
+    raise BadRecord("too_large", f"{w}x{h} > {max_pixels} pixels")
+  if min(w, h) < min_side:
+    raise BadRecord("too_small", f"{w}x{h}")
+  return img
+
+
+def load_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+               min_side: int = DEFAULT_MIN_SIDE,
+               draft_size: int | None = None) -> Image.Image:
+  """`decode_image`, but returns the RGB PIL image (saves two copies before a resize)."""
+  img = open_image(data, max_pixels=max_pixels, min_side=min_side)
+  try:
+    if draft_size and img.format == "JPEG":
+      img.draft("RGB", (draft_size, draft_size))
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore")  # e.g. "Corrupt EXIF data"; pixels are fine
+      img.load()
+      rgb = _to_rgb(img)
+  except Exception as e:  # truncated data, bad Huffman codes, zlib errors, ...
+    raise BadRecord("corrupt", f"{type(e).__name__}: {e}") from e
+  if rgb.mode != "RGB":
+    raise BadRecord("corrupt", f"decoded to mode {rgb.mode}")
+  return rgb
+
+
+def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 min_side: int = DEFAULT_MIN_SIDE,
+                 draft_size: int | None = None) -> np.ndarray:
+  """Decodes encoded image bytes to uint8 RGB [H, W, 3], or raises BadRecord.
+
+  Args:
+    data: encoded bytes (JPEG, PNG, WebP, GIF, ...).
+    max_pixels: images declaring more pixels are refused before decoding
+      ('too_large'), which defuses decompression bombs.
+    min_side: images with a side below this are refused ('too_small').
+    draft_size: if set, JPEGs are decoded by libjpeg at the smallest 1/2, 1/4 or
+      1/8 scale whose both sides are still >= draft_size: much faster when the
+      image is much larger than the training resolution.
+
+  Returns:
+    uint8 [H, W, 3] (read-only); grayscale, palette, CMYK, 16-bit and alpha
+    images are converted (transparency composited on white).
+  """
+  return np.asarray(load_image(data, max_pixels=max_pixels, min_side=min_side,
+                               draft_size=draft_size))
+
+
+# ----------------------------------------------------------------------------
+# Manifest.
+
+
+def manifest_path(directory: str) -> str:
+  return os.path.join(directory, MANIFEST)
+
+
+def read_manifest(directory: str) -> dict[str, Any] | None:
+  """The manifest of a shard directory, or None if it has none."""
+  path = manifest_path(directory)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def write_manifest(directory: str, manifest: Mapping[str, Any]) -> None:
+  """Writes the manifest atomically (a reader never sees half a file)."""
+  tmp = manifest_path(directory) + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(manifest, f, indent=1, sort_keys=False)
+    f.write("\n")
+  os.replace(tmp, manifest_path(directory))
+
+
+def sum_counts(counts: Iterable[Mapping[str, int]]) -> dict[str, int]:
+  """Adds per-reason counters, keeping `REASONS` order."""
+  total: dict[str, int] = {}
+  for c in counts:
+    for k, v in c.items():
+      total[k] = total.get(k, 0) + int(v)
+  order = {r: i for i, r in enumerate(REASONS)}
+  return dict(sorted(total.items(), key=lambda kv: (order.get(kv[0], 99), kv[0])))
+
+
+# ----------------------------------------------------------------------------
+# Writing and reading shards.
+
+
+class ShardWriter:
+  """Writes records to `path` via `path.tmp`; `close()` renames it into place."""
+
+  def __init__(self, path: str):
+    from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
+    self.path = path
+    self._tmp = path + ".tmp"
+    self._writer = array_record_module.ArrayRecordWriter(self._tmp, WRITER_OPTIONS)
+    self.num_records = 0
+
+  def write(self, image_bytes: bytes, caption: str, key: str) -> None:
+    self._writer.write(encode_record(image_bytes, caption, key))
+    self.num_records += 1
+
+  def close(self) -> None:
+    self._writer.close()
+    os.replace(self._tmp, self.path)  # a shard exists only when complete
+
+  def abort(self) -> None:
+    self._writer.close()
+    if os.path.exists(self._tmp):
+      os.remove(self._tmp)
+
+
+def read_shard(path: str) -> list[dict[str, Any]]:
+  """All records of one shard file, in order (for tests and inspection)."""
+  from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
+  reader = array_record_module.ArrayRecordReader(path)
+  try:
+    n = reader.num_records()
+    return [decode_record(r) for r in reader.read(0, n)] if n else []
+  finally:
+    reader.close()
+
+
+class ImageTextSource:
+  """Random-access source over a shard directory (grain-compatible, picklable).
+
+  `source[i]` -> {'image_bytes': bytes, 'caption': str, 'key': str}. Record
+  order is the manifest's shard order, then the order within each shard.
+  """
+
+  def __init__(self, directory: str, *, allow_incomplete: bool = False):
+    self.directory = os.fspath(directory)
+    manifest = read_manifest(self.directory)
+    if manifest is None:
+      raise FileNotFoundError(f"no {MANIFEST} in {self.directory}")
+    if manifest.get("format") != FORMAT:
+      raise ValueError(f"{self.directory}: unknown format {manifest.get('format')!r}")
+    if not manifest.get("complete", False) and not allow_incomplete:
+      raise ValueError(f"{self.directory}: conversion incomplete; re-run the "
+                       "converter to finish it (or pass allow_incomplete=True)")
+    self.manifest = manifest
+    # "path[0:n]" tells grain the record count, so no shard is opened here.
+    self._paths = [
+        f"{os.path.join(self.directory, s['file'])}[0:{s['num_records']}]"
+        for s in manifest["shards"] if s["num_records"] > 0]
+    self._len = sum(s["num_records"] for s in manifest["shards"])
+    self._ds = None
+
+  def _records(self):
+    if self._ds is None:
+      import grain  # pylint: disable=g-import-not-at-top
+      self._ds = grain.sources.ArrayRecordDataSource(self._paths)
+    return self._ds
+
+  def __len__(self) -> int:
+    return self._len
+
+  def __getitem__(self, index) -> dict[str, Any]:
+    return decode_record(self._records()[int(index)])
+
+  def __getitems__(self, indices) -> list[dict[str, Any]]:
+    return [decode_record(r) for r in self._records().__getitems__(indices)]
+
+  def __getstate__(self):
+    # Readers hold open files; workers reopen lazily.
+    state = self.__dict__.copy()
+    state["_ds"] = None
+    return state
+
+  def __repr__(self) -> str:
+    return f"ImageTextSource({self.directory!r}, num_records={self._len})"

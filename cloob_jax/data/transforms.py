@@ -1,0 +1,100 @@
+"""Image transforms on the host (uint8 in, uint8 out) and normalisation on device.
+
+Host side, per image: `random_resized_crop` for training (CLOOB: scale (0.9, 1),
+aspect (3/4, 4/3), bicubic) and `resize_center_crop` for evaluation (bicubic
+resize of the short side, centre crop). Both return uint8 [S, S, 3]; batches stay
+uint8 until they are on the device, where `normalize` applies CLIP's mean/std
+(4x less host-to-device traffic than float32).
+
+All randomness comes from the `np.random.Generator` passed in, which the
+pipeline derives from (seed, record position): augmentations are reproducible
+and a resumed pipeline produces the same crops.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from PIL import Image
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+TRAIN_SCALE = (0.9, 1.0)
+TRAIN_RATIO = (3 / 4, 4 / 3)
+
+
+def _as_pil(image) -> Image.Image:
+  if isinstance(image, Image.Image):
+    return image if image.mode == "RGB" else image.convert("RGB")
+  image = np.asarray(image)
+  if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
+    raise ValueError(f"expected uint8 [H, W, 3], got {image.dtype} {image.shape}")
+  return Image.fromarray(image)
+
+
+def random_resized_crop_box(height: int, width: int, rng: np.random.Generator,
+                            scale=TRAIN_SCALE, ratio=TRAIN_RATIO,
+                            attempts: int = 10) -> tuple[int, int, int, int]:
+  """Samples a crop (top, left, crop_height, crop_width) as torchvision does.
+
+  The crop covers a uniform fraction in `scale` of the image area and has an
+  aspect ratio (w/h) log-uniform in `ratio`; after `attempts` failures it falls
+  back to the largest centred crop with the ratio clamped into `ratio`.
+  """
+  area = height * width
+  log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+  for _ in range(attempts):
+    target_area = area * rng.uniform(scale[0], scale[1])
+    aspect = math.exp(rng.uniform(log_lo, log_hi))
+    w = int(round(math.sqrt(target_area * aspect)))
+    h = int(round(math.sqrt(target_area / aspect)))
+    if 0 < w <= width and 0 < h <= height:
+      top = int(rng.integers(0, height - h + 1))
+      left = int(rng.integers(0, width - w + 1))
+      return top, left, h, w
+  in_ratio = width / height
+  if in_ratio < ratio[0]:
+    w, h = width, int(round(width / ratio[0]))
+  elif in_ratio > ratio[1]:
+    h, w = height, int(round(height * ratio[1]))
+  else:
+    w, h = width, height
+  return (height - h) // 2, (width - w) // 2, h, w
+
+
+def random_resized_crop(image, size: int, rng: np.random.Generator, *,
+                        scale=TRAIN_SCALE, ratio=TRAIN_RATIO) -> np.ndarray:
+  """Training crop: uint8 [H, W, 3] (or a PIL image) -> uint8 [size, size, 3]."""
+  img = _as_pil(image)
+  top, left, h, w = random_resized_crop_box(img.height, img.width, rng, scale, ratio)
+  # One resample from the crop box: no intermediate crop copy.
+  out = img.resize((size, size), Image.BICUBIC, box=(left, top, left + w, top + h))
+  return np.asarray(out)
+
+
+def resize_center_crop(image, size: int) -> np.ndarray:
+  """Eval transform: bicubic resize of the short side to `size`, centre crop.
+
+  uint8 [H, W, 3] (or a PIL image) -> uint8 [size, size, 3]. Done as one
+  resample of the centred square, which is the same mapping.
+  """
+  if isinstance(image, np.ndarray) and image.shape == (size, size, 3):
+    return image
+  img = _as_pil(image)
+  w, h = img.size
+  if w == size and h == size:
+    return np.asarray(img)
+  side = min(w, h)
+  left, top = (w - side) / 2, (h - side) / 2
+  out = img.resize((size, size), Image.BICUBIC, box=(left, top, left + side, top + side))
+  return np.asarray(out)
+
+
+def normalize(images):
+  """uint8 [..., 3] -> float32 [..., 3] with CLIP's mean/std (run it on device)."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  mean = jnp.asarray(CLIP_MEAN, jnp.float32) * 255.0
+  inv_std = 1.0 / (jnp.asarray(CLIP_STD, jnp.float32) * 255.0)
+  return (jnp.asarray(images).astype(jnp.float32) - mean) * inv_std

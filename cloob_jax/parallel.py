@@ -1,0 +1,148 @@
+"""Device mesh, shardings and the gathered (device-sharded) contrastive loss.
+
+The global batch is one jax.Array sharded over the mesh axis 'data'. The contrastive
+losses need every embedding of the global batch, so `gathered_loss` all-gathers the
+embeddings (not the images) and each device scores only its own anchor rows against the
+global candidates: memory per device is O(local_batch x global_batch), never
+O(global_batch^2). The formulas themselves live once, in losses.py (`get_row_sum`).
+
+Nothing outside this module needs to know how many devices exist.
+"""
+
+import math
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from cloob_jax import losses
+
+AxisName = str | tuple[str, ...]
+
+
+def make_mesh(num_devices: int | None = None, axis_name: str = 'data',
+              axis_type: jax.sharding.AxisType = jax.sharding.AxisType.Auto,
+              devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
+  """A 1-D data-parallel mesh over the first `num_devices` devices (default: all).
+
+  The axis type defaults to Auto, not jax 0.10's Explicit: the towers are written in the
+  global view and left to the compiler's sharding propagation, and the one place where
+  layout matters (the N x N scores) is pinned by shard_map in `gathered_loss`. Explicit
+  axes would make model code spell out shardings for gathers and the like (e.g. EOT
+  pooling) for no gain here. Pass AxisType.Explicit to opt in; `gathered_loss` works
+  with both.
+  """
+  devices = list(jax.devices() if devices is None else devices)
+  if num_devices is not None:
+    if not 1 <= num_devices <= len(devices):
+      raise ValueError(f'num_devices={num_devices}, but {len(devices)} devices are available.')
+    devices = devices[:num_devices]
+  return jax.make_mesh((len(devices),), (axis_name,), axis_types=(axis_type,), devices=devices)
+
+
+def batch_sharding(mesh: jax.sharding.Mesh, axis_name: AxisName = 'data') -> jax.NamedSharding:
+  """Sharding of a global batch: leading (batch) dimension split over `axis_name`."""
+  return jax.NamedSharding(mesh, jax.P(axis_name))
+
+
+def replicated_sharding(mesh: jax.sharding.Mesh) -> jax.NamedSharding:
+  """Sharding of parameters and scalars replicated on every device."""
+  return jax.NamedSharding(mesh, jax.P())
+
+
+def axis_size(mesh: jax.sharding.Mesh, axis_name: AxisName) -> int:
+  """Number of shards along `axis_name` (a name or a tuple of names)."""
+  names = (axis_name,) if isinstance(axis_name, str) else tuple(axis_name)
+  return math.prod(mesh.shape[name] for name in names)
+
+
+def _is_explicit(mesh, axis_name: AxisName) -> bool:
+  names = (axis_name,) if isinstance(axis_name, str) else tuple(axis_name)
+  types = dict(zip(mesh.axis_names, mesh.axis_types))
+  return any(types[name] == jax.sharding.AxisType.Explicit for name in names)
+
+
+def gathered_loss(method: str, x: jax.Array, y: jax.Array, inv_tau, beta,
+                  mesh: jax.sharding.Mesh | None, axis_name: AxisName = 'data') -> jax.Array:
+  """`losses.<method>(x, y, inv_tau, beta)` computed with the batch sharded over devices.
+
+  Each device all-gathers X and Y, computes its own rows of every N x N score matrix
+  (for CLOOB: retrievals of its local queries against the global memories, then an
+  all-gather of the retrieved candidates Uy, Vx), sums the per-row terms of its anchor
+  rows (offset axis_index * local_batch) and the sums are added over devices and divided
+  by N. Value and gradients (x, y, inv_tau, beta) equal those of the full-batch loss;
+  the gradient of all_gather is a reduce-scatter, which adds up every device's share.
+
+  Args:
+    method: 'clip' / 'infonce', 'infoloob', 'cloob' or 'hopfield_infonce'.
+    x: [N, d] global image embeddings (L2-normalised), ideally sharded P(axis_name).
+    y: [N, d] global text embeddings, same sharding.
+    inv_tau: s = 1/tau, python float or (traced, replicated) jax scalar.
+    beta: Hopfield inverse temperature (ignored, may be None, for infonce/infoloob).
+    mesh: the device mesh; None uses the mesh set with `jax.set_mesh`.
+    axis_name: mesh axis (or tuple of axes) the batch is split over.
+
+  Returns:
+    Scalar loss, replicated; float32 (float64 for float64 inputs).
+  """
+  losses.check_args(method, x, y, beta)
+  row_sum = losses.get_row_sum(method)
+  if mesh is None:
+    mesh = jax.sharding.get_abstract_mesh()
+  num_shards = axis_size(mesh, axis_name)
+  global_batch = x.shape[0]
+  if global_batch % num_shards:
+    raise ValueError(f'Global batch {global_batch} is not divisible by the {num_shards} '
+                     f'shards of mesh axis {axis_name!r}.')
+  # Cast before the gather so that the reduce-scatter of the gradients also sums in f32.
+  dtype = losses.compute_dtype(jnp.result_type(x, y))
+  x, y = x.astype(dtype), y.astype(dtype)
+  spec = jax.P(axis_name)
+  if _is_explicit(mesh, axis_name):
+    # Explicit axes type the inputs' sharding; shard_map refuses a mismatch, so state it.
+    x, y = (jax.sharding.reshard(a, jax.NamedSharding(mesh, spec)) for a in (x, y))
+  scalars = {'inv_tau': jnp.asarray(inv_tau, dtype)}
+  if beta is not None:
+    scalars['beta'] = jnp.asarray(beta, dtype)
+
+  def gather(a):
+    return jax.lax.all_gather(a, axis_name, tiled=True)
+
+  def per_device(x_local, y_local, scalars):
+    offset = jax.lax.axis_index(axis_name) * x_local.shape[0]
+    block = row_sum(x_local, y_local, gather(x_local), gather(y_local), offset,
+                    scalars['inv_tau'], scalars.get('beta'), gather)
+    return jax.lax.psum(block, axis_name) / global_batch
+
+  return jax.shard_map(per_device, mesh=mesh, in_specs=(spec, spec, jax.P()),
+                       out_specs=jax.P())(x, y, scalars)
+
+
+def make_loss_fn(method: str, mesh: jax.sharding.Mesh | None = None,
+                 axis_name: AxisName = 'data') -> Callable[..., jax.Array]:
+  """Loss on model outputs for the train step: `fn(image_emb, text_emb, inv_tau, beta=None)`.
+
+  image_emb, text_emb: [B, d] global L2-normalised embeddings sharded P(axis_name) (the
+  towers' outputs inside the jitted step). With a mesh of one device, or mesh=None and
+  no mesh set, this is the plain full-batch loss; otherwise `gathered_loss` (also on a
+  one-device mesh, where it costs nothing and keeps Explicit-axis inputs legal).
+  """
+  losses.get_row_sum(method)  # Fail early on a typo.
+
+  def loss_fn(image_emb, text_emb, inv_tau, beta=None):
+    active = mesh if mesh is not None else jax.sharding.get_abstract_mesh()
+    if active.empty:
+      return losses.get_loss(method)(image_emb, text_emb, inv_tau, beta)
+    return gathered_loss(method, image_emb, text_emb, inv_tau, beta, active, axis_name)
+
+  return loss_fn
+
+
+def local_batch_size(global_batch: int, mesh: jax.sharding.Mesh,
+                     axis_name: AxisName = 'data') -> int:
+  """Rows per device of a global batch split over `axis_name`; raises if it does not divide."""
+  num_shards = axis_size(mesh, axis_name)
+  if global_batch % num_shards:
+    raise ValueError(f'Global batch {global_batch} is not divisible by {num_shards} shards.')
+  return global_batch // num_shards
+

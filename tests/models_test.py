@@ -1,0 +1,108 @@
+"""Registry, overrides, bfloat16 compute and rematerialisation of the towers."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cloob_jax import models
+
+
+def _inputs(config, n=2):
+  size = config.vision.image_size
+  images = jax.random.normal(jax.random.key(0), (n, size, size, 3))
+  tokens = jnp.zeros((n, config.text.context_length), jnp.int32).at[:, 0].set(49406)
+  tokens = tokens.at[:, 5].set(49407).at[:, 1:5].set(jnp.arange(1, 5) * 100)
+  return images, tokens
+
+
+def test_registry_lists_paper_models_and_tiny_ones():
+  names = models.list_models()
+  for name in ["RN50", "RN101", "RN50x4", "ViT-B/32", "ViT-B/16", "ViT-L/14", "RN-tiny",
+               "ViT-tiny"]:
+    assert name in names
+  assert models.get_config("ViT-B-32") == models.get_config("ViT-B/32")  # open_clip spelling
+  assert models.get_config("RN50-quickgelu").quick_gelu
+
+
+def test_unknown_names_are_refused_with_a_suggestion():
+  with pytest.raises(ValueError, match="Did you mean 'ViT-B/32'"):
+    models.create_model("ViT-B/33")
+  with pytest.raises(ValueError, match="Did you mean 'layers'"):
+    models.create_model("ViT-tiny", text=dict(layer=3))
+  with pytest.raises(ValueError, match="unknown model override 'dtyp'"):
+    models.create_model("ViT-tiny", dtyp="bfloat16")
+
+
+@pytest.mark.parametrize("name", ["ViT-tiny", "RN-tiny"])
+def test_forward_shapes_and_unit_norm(name):
+  config = models.get_config(name)
+  model = models.create_model(name)
+  images, tokens = _inputs(config)
+  variables = jax.jit(model.init)(jax.random.key(1), images, tokens)
+  img, txt, inv_tau = jax.jit(model.apply)(variables, images, tokens)
+  assert img.shape == txt.shape == (2, config.embed_dim)
+  assert img.dtype == txt.dtype == jnp.float32
+  np.testing.assert_allclose(jnp.linalg.norm(img, axis=-1), 1.0, rtol=1e-5)
+  np.testing.assert_allclose(jnp.linalg.norm(txt, axis=-1), 1.0, rtol=1e-5)
+  np.testing.assert_allclose(inv_tau, 1 / 0.07, rtol=1e-5)
+
+
+def test_resnet_train_mode_updates_batch_stats():
+  config = models.get_config("RN-tiny")
+  model = models.create_model("RN-tiny")
+  images, tokens = _inputs(config, 4)
+  variables = jax.jit(model.init)(jax.random.key(1), images, tokens)
+  _, updates = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"],
+                                                method=model.encode_image))(variables, images)
+  before = jax.tree.leaves(variables["batch_stats"])
+  after = jax.tree.leaves(updates["batch_stats"])
+  assert any(not np.allclose(a, b) for a, b in zip(before, after))
+
+
+@pytest.mark.parametrize("name", ["ViT-tiny", "RN-tiny"])
+def test_bfloat16_compute_keeps_float32_params_and_is_close(name):
+  config = models.get_config(name)
+  images, tokens = _inputs(config)
+  f32 = models.create_model(name)
+  bf16 = models.create_model(name, dtype="bfloat16")
+  variables = jax.jit(f32.init)(jax.random.key(1), images, tokens)
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(
+      jax.eval_shape(bf16.init, jax.random.key(1), images, tokens)))
+  a = jax.jit(f32.apply)(variables, images, tokens)
+  b = jax.jit(bf16.apply)(variables, images, tokens)
+  for x, y in zip(a[:2], b[:2]):
+    assert y.dtype == jnp.float32  # embeddings are normalised in float32
+    assert np.abs(np.asarray(x) - np.asarray(y)).max() < 0.05
+
+
+@pytest.mark.parametrize("name", ["ViT-tiny", "RN-tiny"])
+def test_remat_gives_the_same_values_and_gradients(name):
+  config = models.get_config(name)
+  images, tokens = _inputs(config)
+  plain = models.create_model(name)
+  remat = models.create_model(name, vision=dict(remat=True), text=dict(remat=True))
+  variables = jax.jit(plain.init)(jax.random.key(1), images, tokens)
+
+  def loss(params, model):
+    img, txt, _ = model.apply({**variables, "params": params}, images, tokens)
+    return jnp.sum(img @ txt.T)
+
+  g1 = jax.jit(jax.grad(loss), static_argnums=1)(variables["params"], plain)
+  g2 = jax.jit(jax.grad(loss), static_argnums=1)(variables["params"], remat)
+  for x, y in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+    np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
+
+
+def test_text_pools_at_the_end_token():
+  config = models.get_config("ViT-tiny")
+  model = models.create_model("ViT-tiny")
+  images, tokens = _inputs(config)
+  variables = jax.jit(model.init)(jax.random.key(1), images, tokens)
+  encode = jax.jit(lambda t: model.apply(variables, t, method=model.encode_text))
+  base = encode(tokens)
+  # Tokens after the end token (padding) cannot influence the causal features at it.
+  changed = encode(tokens.at[:, 10].set(7))
+  np.testing.assert_allclose(base, changed, atol=1e-6)
+  moved = encode(tokens.at[:, 4].set(49407).at[:, 5].set(0))
+  assert np.abs(np.asarray(base) - np.asarray(moved)).max() > 1e-3
