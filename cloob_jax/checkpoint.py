@@ -1,0 +1,109 @@
+"""Orbax checkpoints holding the train state and the grain iterator state together.
+
+Layout: `WORKDIR/checkpoints/STEP/{state,data}`; orbax writes each step to a temporary
+directory and renames it when complete, so a killed run never leaves a half-written step.
+"""
+
+import json
+import os
+
+import grain
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+
+def all_finite(tree) -> bool:
+  """True when every floating leaf of `tree` is finite (one fused device reduction)."""
+  leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
+  if not leaves:
+    return True
+  return bool(jax.jit(lambda xs: jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in xs])))(
+      leaves))
+
+
+class NonFiniteError(RuntimeError):
+  pass
+
+
+class Checkpointer:
+  """Saves every `every` steps (asynchronously), keeps the last `keep`, restores the latest."""
+
+  def __init__(self, directory: str, *, every: int, keep: int):
+    self.directory = os.path.abspath(directory)
+    self._manager = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=every,
+                                             enable_async_checkpointing=True),
+        item_names=("state", "data"))
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def save(self, step: int, state, data_iterator, *, force: bool = False) -> bool:
+    """Saves when `step` is due (or `force`); refuses state with non-finite values."""
+    if not force and not self._manager.should_save(step):
+      return False
+    if not all_finite(state):
+      raise NonFiniteError(f"refusing to checkpoint step {step}: the train state holds "
+                           "non-finite values")
+    return self._manager.save(
+        step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                      data=grain.checkpoint.CheckpointSave(data_iterator)),
+        force=force)
+
+  def restore(self, step: int, abstract_state, data_iterator):
+    """Restores `step` into the shapes/shardings of `abstract_state`; the iterator in place."""
+    restored = self._manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
+                                      data=grain.checkpoint.CheckpointRestore(data_iterator)))
+    return restored["state"]
+
+  def wait(self):
+    self._manager.wait_until_finished()
+
+  def close(self):
+    self._manager.wait_until_finished()
+    self._manager.close()
+
+
+def abstract_like(tree):
+  """ShapeDtypeStructs (with shardings) describing `tree`, the target of a restore."""
+  return jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
+      tree)
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} not found: is {workdir!r} a training workdir?")
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def restore_variables(workdir: str, step: int | None = None):
+  """A training workdir -> (train config, {'params': ..., 'batch_stats': ...}) as numpy.
+
+  `step=None` takes the latest checkpoint. For evaluation and fine-tuning: no optimizer state
+  and no data iterator are read.
+  """
+  config = load_config(workdir)
+  directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+  manager = ocp.CheckpointManager(directory, item_names=("state", "data"))
+  if step is None:
+    step = manager.latest_step()
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint under {directory}")
+  elif step not in manager.all_steps():
+    raise FileNotFoundError(f"no checkpoint for step {step} under {directory}; "
+                            f"have {sorted(manager.all_steps())}")
+  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  manager.close()
+  state = restored["state"]
+  variables = {"params": jax.tree.map(np.asarray, state["params"])}
+  if state.get("batch_stats"):
+    variables["batch_stats"] = jax.tree.map(np.asarray, state["batch_stats"])
+  return config, variables

@@ -1,0 +1,71 @@
+"""Config helpers: `:key=value` args for get_config, and validation before anything runs."""
+
+import difflib
+from typing import Any
+
+import ml_collections
+
+METHODS = ("cloob", "clip", "infoloob", "hopfield_infonce")
+
+
+def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+  """'model=RN50,method=clip' -> ConfigDict over `defaults`, values typed like the defaults.
+
+  Unknown keys are refused with the closest known key, so a typo never trains silently.
+  """
+  result = ml_collections.ConfigDict(defaults)
+  if not arg:
+    return result
+  for item in arg.split(","):
+    if not item:
+      continue
+    key, sep, value = item.partition("=")
+    if key not in defaults:
+      raise KeyError(f"unknown config arg {key!r}{_suggest(key, defaults)}; "
+                     f"known: {', '.join(sorted(defaults))}")
+    result[key] = _typed(value if sep else "True", defaults[key], key)
+  return result
+
+
+def _typed(value: str, default: Any, key: str):
+  if isinstance(default, bool):
+    if value.lower() not in ("true", "false", "1", "0"):
+      raise ValueError(f"config arg {key!r} needs true/false, got {value!r}")
+    return value.lower() in ("true", "1")
+  if isinstance(default, int):
+    return int(value)
+  if isinstance(default, float):
+    return float(value)
+  return value
+
+
+def _suggest(key: str, known) -> str:
+  close = difflib.get_close_matches(key, sorted(known), n=1)
+  return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Refuses a config that cannot train, naming the key, before any compile or data read."""
+  if config.method not in METHODS:
+    raise ValueError(f"config.method={config.method!r}{_suggest(config.method, METHODS)}; "
+                     f"choose one of {METHODS}")
+  for key in ("batch_size", "total_steps", "log_every", "checkpoint_every", "keep_checkpoints"):
+    if int(config[key]) <= 0:
+      raise ValueError(f"config.{key} must be positive, got {config[key]}")
+  if config.inv_tau <= 0 or (config.method in ("cloob", "hopfield_infonce") and config.beta <= 0):
+    raise ValueError(f"config.inv_tau ({config.inv_tau}) and config.beta ({config.beta}) must "
+                     "be positive")
+  if config.data.source not in ("synthetic", "records"):
+    raise ValueError(f"config.data.source={config.data.source!r}; choose 'synthetic' or "
+                     "'records'")
+  if config.data.source == "records" and not config.data.data_dir:
+    raise ValueError("config.data.source='records' needs config.data.data_dir (a directory "
+                     "written by `python -m cloob_jax.data.convert`)")
+  if config.optimizer.schedule not in ("cosine", "constant"):
+    raise ValueError(f"config.optimizer.schedule={config.optimizer.schedule!r}; choose "
+                     "'cosine' or 'constant'")
+  if config.optimizer.warmup_steps >= config.total_steps and config.total_steps > 1:
+    raise ValueError(f"config.optimizer.warmup_steps ({config.optimizer.warmup_steps}) must be "
+                     f"below config.total_steps ({config.total_steps})")
+  from cloob_jax import models  # late: keeps `configs/*.py` imports light
+  models.get_config(config.model.name, **config.model.overrides.to_dict())

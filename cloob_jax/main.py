@@ -1,0 +1,51 @@
+"""`python -m cloob_jax.main --config=configs/NAME.py[:ARGS] --workdir=DIR [--config.KEY=VALUE]`.
+
+Flags only: multi-host initialisation, then `train.train_and_evaluate`. Re-running the same
+command resumes from the latest checkpoint in DIR.
+"""
+
+import os
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None,
+    "host:port of process 0 for a multi-process run started by hand (launch/local_multiprocess.sh);"
+    " TPU VMs and SLURM are detected without it.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+_CPU_DEVICES = flags.DEFINE_integer(
+    "num_cpu_devices", None, "Virtual CPU devices per process (tests and local multi-process).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def initialize_distributed():
+  """jax.distributed for explicit coordinators, SLURM jobs and TPU pods; nothing for one host."""
+  import jax
+  if _CPU_DEVICES.value:
+    jax.config.update("jax_num_cpu_devices", _CPU_DEVICES.value)
+  if _COORDINATOR.value:
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
+                               num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
+  elif int(os.environ.get("SLURM_NTASKS", "1")) > 1 or os.environ.get("TPU_WORKER_HOSTNAMES"):
+    jax.distributed.initialize()  # reads SLURM's / the TPU VM's environment
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  from cloob_jax import config_lib
+  config_lib.validate(_CONFIG.value)  # before any device or data work
+  initialize_distributed()
+  from cloob_jax import train
+  train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,281 @@
+"""The training loop: sharded state init, one jitted train step, checkpoints, logging, evals.
+
+The global batch is one `jax.Array` sharded over the mesh's 'data' axis. The towers run in
+the global view (XLA keeps each device on its own rows; BatchNorm reduces over the global
+batch); the objective gathers the embeddings on purpose (`parallel.make_loss_fn`), so each
+device holds only its [local, global] block of each score matrix.
+"""
+
+import functools
+import json
+import math
+import os
+import signal
+import threading
+import time
+from typing import Any
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from cloob_jax import checkpoint
+from cloob_jax import config_lib
+from cloob_jax import models
+from cloob_jax import optim
+from cloob_jax import parallel
+from cloob_jax.data import pipeline
+from cloob_jax.data import records
+from cloob_jax.data import transforms
+
+MAX_LOG_INV_TAU = math.log(100.0)
+
+
+def build_model(config: ml_collections.ConfigDict):
+  return models.create_model(config.model.name, **config.model.overrides.to_dict())
+
+
+def create_source(config: ml_collections.ConfigDict, image_size: int):
+  if config.data.source == "synthetic":
+    from cloob_jax.data import synthetic
+    return synthetic.SyntheticWorld(split="train", seed=config.data.seed, image_size=image_size)
+  return records.ImageTextSource(config.data.data_dir)
+
+
+def create_train_iterator(config, model_config, process_index=None, process_count=None):
+  source = create_source(config, model_config.vision.image_size)
+  return pipeline.create_train_iterator(
+      source, global_batch_size=config.batch_size, image_size=model_config.vision.image_size,
+      context_length=model_config.text.context_length, seed=config.data.seed,
+      process_index=process_index, process_count=process_count,
+      num_workers=config.data.num_workers)
+
+
+def init_state(model, tx, config, model_config, rng):
+  """-> {'step', 'params', 'batch_stats', 'opt_state'}; the temperature starts at config.inv_tau."""
+  size, context = model_config.vision.image_size, model_config.text.context_length
+  variables = model.init(rng, jnp.zeros((1, size, size, 3)), jnp.zeros((1, context), jnp.int32))
+  params = dict(variables["params"])
+  params["logit_scale"] = jnp.asarray(math.log(config.inv_tau), jnp.float32)
+  return {"step": jnp.zeros((), jnp.int32), "params": params,
+          "batch_stats": variables.get("batch_stats", {}), "opt_state": tx.init(params)}
+
+
+def train_step(state, batch, *, model, tx, schedule, loss_fn, config):
+  """One optimizer step on a global batch {'image': uint8 [B,S,S,3], 'tokens': int32 [B,L]}."""
+  images = transforms.normalize(batch["image"])
+
+  def compute_loss(params):
+    variables = {"params": params}
+    if state["batch_stats"]:
+      variables["batch_stats"] = state["batch_stats"]
+    (img, txt, _), updates = model.apply(variables, images, batch["tokens"], train=True,
+                                         mutable=["batch_stats"])
+    log_inv_tau = params["logit_scale"]
+    if not config.learn_inv_tau:
+      log_inv_tau = jax.lax.stop_gradient(log_inv_tau)
+    inv_tau = jnp.exp(jnp.clip(log_inv_tau, 0.0, MAX_LOG_INV_TAU))
+    loss = loss_fn(img, txt, inv_tau, config.beta)
+    return loss, (updates.get("batch_stats", {}), inv_tau)
+
+  (loss, (batch_stats, inv_tau)), grads = jax.value_and_grad(compute_loss, has_aux=True)(
+      state["params"])
+  updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+  params = optax.apply_updates(state["params"], updates)
+  params["logit_scale"] = jnp.clip(params["logit_scale"], 0.0, MAX_LOG_INV_TAU)
+  metrics = {"loss": loss, "inv_tau": inv_tau, "grad_norm": optax.global_norm(grads),
+             "learning_rate": schedule(state["step"])}
+  new_state = {"step": state["step"] + 1, "params": params, "batch_stats": batch_stats,
+               "opt_state": opt_state}
+  return new_state, metrics
+
+
+class _Stop:
+  """Set by SIGTERM/SIGINT: the loop saves a checkpoint at the next step and exits."""
+
+  def __init__(self):
+    self.signal = None
+    self._previous = {}
+
+  def install(self):
+    if threading.current_thread() is not threading.main_thread():
+      return self
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    self.signal = signal.Signals(signum).name
+
+  def uninstall(self):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+class MetricWriter:
+  """metrics.jsonl + TensorBoard events + console, from process 0 only."""
+
+  def __init__(self, workdir: str):
+    self.active = jax.process_index() == 0
+    if not self.active:
+      return
+    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+    try:
+      from tensorboardX import SummaryWriter
+      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+    except ImportError:  # TensorBoard events are optional; the JSON lines are not
+      self._tb = None
+
+  def write(self, step: int, metrics: dict[str, Any]):
+    if not self.active:
+      return
+    row = {"step": int(step), **{k: _scalar(v) for k, v in metrics.items()}}
+    self._jsonl.write(json.dumps(row) + "\n")
+    self._jsonl.flush()
+    if self._tb is not None:
+      for key, value in row.items():
+        if key != "step" and isinstance(value, (int, float)):
+          self._tb.add_scalar(key, value, step)
+
+  def close(self):
+    if self.active:
+      self._jsonl.close()
+      if self._tb is not None:
+        self._tb.close()
+
+
+def _scalar(value):
+  value = np.asarray(value)
+  return value.item() if value.size == 1 else value.tolist()
+
+
+def _format_eta(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else \
+      f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def _write_config(config, workdir):
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains (resuming from the latest checkpoint in `workdir`); returns the last metrics."""
+  config_lib.validate(config)
+  os.makedirs(workdir, exist_ok=True)
+  _write_config(config, workdir)
+  model_config = models.get_config(config.model.name, **config.model.overrides.to_dict())
+  model = models.build(model_config)
+  mesh = parallel.make_mesh()
+  if config.batch_size % mesh.size:
+    raise ValueError(f"config.batch_size={config.batch_size} is not divisible by the "
+                     f"{mesh.size} devices")
+  replicated = parallel.replicated_sharding(mesh)
+  batch_sharding = parallel.batch_sharding(mesh)
+  tx, schedule = optim.create_optimizer(config.optimizer, config.total_steps)
+
+  init = jax.jit(functools.partial(init_state, model, tx, config, model_config),
+                 out_shardings=replicated)
+  state = init(jax.random.key(config.seed))
+  step_fn = jax.jit(
+      functools.partial(train_step, model=model, tx=tx, schedule=schedule,
+                        loss_fn=parallel.make_loss_fn(config.method, mesh), config=config),
+      in_shardings=(replicated, batch_sharding), out_shardings=(replicated, replicated),
+      donate_argnums=(0,))
+
+  data = create_train_iterator(config, model_config)
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                 every=config.checkpoint_every, keep=config.keep_checkpoints)
+  start = ckpt.latest_step()
+  if start is not None:
+    state = ckpt.restore(start, checkpoint.abstract_like(state), data)
+    logging.info("resumed from step %d", start)
+    print(f"Resumed from the checkpoint of step {start} in {ckpt.directory}", flush=True)
+  step = int(state["step"])
+
+  evaluators = _build_evaluators(config, model, mesh)
+  writer = MetricWriter(workdir)
+  stop = _Stop().install()
+  skipped = np.zeros(len(records.REASONS), np.int64)
+  last = {}
+  try:
+    window_start, wait, window_steps = time.time(), 0.0, 0
+    pending = None  # (step, metrics) of the previous step, read one step late to keep the device busy
+    while step < config.total_steps:
+      t0 = time.time()
+      batch = next(data)
+      skipped += batch.pop("skipped").sum(axis=0)
+      global_batch = jax.make_array_from_process_local_data(batch_sharding, batch)
+      wait += time.time() - t0
+      state, metrics = step_fn(state, global_batch)
+      step += 1
+      window_steps += 1
+      if pending is not None:
+        _check_finite(*pending)
+      pending = (step, metrics)
+      if step % config.log_every == 0 or step == config.total_steps:
+        _check_finite(*pending)
+        elapsed = time.time() - window_start
+        last = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        last.update(examples_per_sec=window_steps * config.batch_size / elapsed,
+                    steps_per_sec=window_steps / elapsed, data_wait_fraction=wait / elapsed,
+                    **{f"skipped/{r}": int(n) for r, n in zip(records.REASONS, skipped)})
+        writer.write(step, last)
+        if writer.active:
+          eta = (config.total_steps - step) / max(last["steps_per_sec"], 1e-9)
+          print(f"step {step}/{config.total_steps}  loss {last['loss']:.4f}  "
+                f"lr {last['learning_rate']:.2e}  1/tau {last['inv_tau']:.1f}  "
+                f"{last['steps_per_sec']:.2f} steps/s  {last['examples_per_sec']:.0f} ex/s  "
+                f"data wait {100 * last['data_wait_fraction']:.0f}%  ETA {_format_eta(eta)}",
+                flush=True)
+        window_start, wait, window_steps = time.time(), 0.0, 0
+      _run_evals(evaluators, state, step, config, writer, final=step == config.total_steps)
+      ckpt.save(step, state, data, force=step == config.total_steps)
+      if stop.signal is not None:
+        _check_finite(*pending)
+        ckpt.save(step, state, data, force=True)
+        print(f"{stop.signal}: saved the checkpoint of step {step}; exiting", flush=True)
+        break
+  finally:
+    stop.uninstall()
+    ckpt.close()
+    writer.close()
+  return last
+
+
+def _check_finite(step, metrics):
+  loss = float(metrics["loss"])
+  if not math.isfinite(loss):
+    raise checkpoint.NonFiniteError(
+        f"loss is {loss} at step {step}; stopping without saving this state. Lower the learning "
+        "rate, enable optimizer.clip_grad_norm, or check the data; the run resumes from the last "
+        "good checkpoint.")
+
+
+def _build_evaluators(config, model, mesh):
+  if not config.get("evals"):
+    return {}
+  from cloob_jax import evaluators
+  from cloob_jax.evaluators import common
+  embedder = common.Embedder(model, batch_size=config.get("eval_batch_size", 256), mesh=mesh)
+  return evaluators.build_all(config.evals, embedder)
+
+
+def _run_evals(evaluators, state, step, config, writer, final):
+  for name, evaluator in evaluators.items():
+    every = config.evals[name].get("log_steps", 0)
+    if not (final or (every and step % every == 0)):
+      continue
+    variables = {"params": state["params"]}
+    if state["batch_stats"]:
+      variables["batch_stats"] = state["batch_stats"]
+    results = {f"{name}/{metric}": value for metric, value in evaluator.run(variables)}
+    writer.write(step, results)
+    if writer.active:
+      print("  ".join(f"{k} {v:.4f}" for k, v in results.items()), flush=True)

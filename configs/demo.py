@@ -1,0 +1,45 @@
+"""The embedded default: CLOOB on the synthetic image-caption world, tiny towers, 2 CPU cores.
+
+  python -m cloob_jax.main --config=configs/demo.py --workdir=runs/demo
+  python -m cloob_jax.main --config=configs/demo.py:method=clip --workdir=runs/demo_clip
+"""
+
+import ml_collections
+
+from cloob_jax import config_lib
+
+
+def get_config(arg=None):
+  arg = config_lib.parse_arg(arg, method="cloob", steps=600, batch_size=128, seed=0)
+  config = ml_collections.ConfigDict()
+  config.seed = arg.seed
+  config.method = arg.method
+  # Fixed inverse temperature and Hopfield beta (the official CLOOB README's values).
+  config.inv_tau = 30.0
+  config.learn_inv_tau = False
+  config.beta = 8.0
+
+  config.model = ml_collections.ConfigDict()
+  config.model.name = "ViT-tiny"
+  config.model.overrides = ml_collections.ConfigDict(dict(
+      embed_dim=128,
+      vision=dict(image_size=64, patch_size=8, width=128, layers=4, head_width=32),
+      text=dict(context_length=32, width=128, heads=4, layers=4)))
+
+  config.data = ml_collections.ConfigDict()
+  config.data.source = "synthetic"
+  config.data.data_dir = ""
+  config.data.seed = arg.seed
+  config.data.num_workers = 0
+
+  config.batch_size = arg.batch_size
+  config.total_steps = arg.steps
+  config.optimizer = ml_collections.ConfigDict(dict(
+      lr=1e-3, b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.1, warmup_steps=max(1, min(50, arg.steps // 10)),
+      schedule="cosine", restarts=0, clip_grad_norm=1.0))
+
+  config.log_every = 20
+  config.checkpoint_every = 200
+  config.keep_checkpoints = 2
+  config.evals = ml_collections.ConfigDict()
+  return config
