@@ -1,0 +1,211 @@
+r"""The evaluation binary: zero-shot classification, retrieval, probes and analyses of a model.
+
+  python -m cloob_jax.eval --config=configs/eval/synthetic.py --workdir=DIR [--step=N]
+  python -m cloob_jax.eval --config=configs/eval/paper.py:model=RN50,imagenet=tfds:imagenet2012 \
+      --checkpoint=RN50.safetensors --output=results.json
+
+The model comes from a training workdir (`checkpoint.restore_variables`; the architecture
+from the run's own config) or from an open_clip / OpenAI state dict (`.safetensors`, `.pt`)
+converted by `interop.open_clip.load` with the architecture named in the eval config
+(`config.model.name`). Every entry of `config.evals` is built as a plug-in
+(`evaluators.build`); entries whose dataset was not located are skipped with a message.
+
+Writes `{task: {metric: value}}` as JSON to --output (default: DIR/eval/NAME[_stepN].json
+for a workdir, ./eval_NAME.json for a checkpoint), a markdown table beside it (same name,
+.md), and prints the table. With `config.write_predictions`, the zero-shot predictions go
+to NAME.predictions.npz as well ('{task}.labels' int [n], '{task}.top5' int [n, 5]).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from typing import Any
+
+import numpy as np
+
+from cloob_jax import evaluators
+from cloob_jax import models
+
+# Metrics shown as percentages in the markdown table (the JSON keeps fractions).
+_FRACTION_PREFIXES = ("top", "mean_per_class", "image_to_text", "text_to_image", "val_top")
+
+
+def _as_dict(config) -> dict[str, Any]:
+  if config is None:
+    return {}
+  return config.to_dict() if hasattr(config, "to_dict") else dict(config)
+
+
+def load_model(config, *, workdir: str | None = None, checkpoint: str | None = None,
+               step: int | None = None):
+  """(module, variables, description) from a workdir or an open_clip checkpoint."""
+  if bool(workdir) == bool(checkpoint):
+    raise ValueError("give exactly one of --workdir and --checkpoint")
+  if checkpoint:
+    from cloob_jax.interop import open_clip  # pylint: disable=g-import-not-at-top
+    model = config.get("model") or {}
+    name = model.get("name")
+    if not name:
+      raise ValueError("--checkpoint needs the architecture: add :model=NAME to --config "
+                       f"(one of {', '.join(models.list_models())})")
+    if step is not None:
+      logging.warning("--step is ignored with --checkpoint")
+    module, variables = open_clip.load(checkpoint, name, **_as_dict(model.get("overrides")))
+    return module, variables, f"{checkpoint} ({name})"
+  from cloob_jax import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
+  train_config, variables = checkpoint_lib.restore_variables(workdir, step=step)
+  module = models.create_model(train_config.model.name,
+                               **_as_dict(train_config.model.get("overrides")))
+  where = f"{workdir}" + (f" step {step}" if step is not None else " (latest)")
+  return module, variables, f"{where} ({train_config.model.name})"
+
+
+def evaluate(config, module, variables, *, mesh=None):
+  """Runs every eval of `config.evals`.
+
+  Returns:
+    (results {task: {metric: value}}, skipped {task: reason}, {task: evaluator}).
+  """
+  embedder = evaluators.Embedder(module, batch_size=config.get("batch_size", 256), mesh=mesh,
+                                 progress=config.get("progress", True))
+  results: dict[str, dict[str, float]] = {}
+  skipped: dict[str, str] = {}
+  built = {}
+  for name, entry in (config.get("evals") or {}).items():
+    try:
+      built[name] = evaluators.build(name, entry, embedder)
+    except evaluators.DataUnavailable as e:
+      skipped[name] = str(e)
+      logging.warning("skipping %s: %s", name, e)
+  for name, evaluator in built.items():
+    start = time.time()
+    for metric, value in evaluator.run(variables):
+      task, _, key = metric.partition("/")
+      if task != name or not key:  # a plug-in that names its own tasks
+        task, key = (name, metric) if not key else (task, key)
+      results.setdefault(task, {})[key] = float(value)
+    logging.info("%s: %s (%.1f s)", name, results.get(name), time.time() - start)
+  return results, skipped, built
+
+
+def _format(metric: str, value: float) -> str:
+  if metric.startswith(_FRACTION_PREFIXES):
+    return f"{100 * value:.2f}"
+  if float(value).is_integer():
+    return str(int(value))
+  return f"{value:.4g}"
+
+
+def markdown(results: dict[str, dict[str, float]], skipped: dict[str, str] | None = None,
+             title: str | None = None) -> str:
+  """Tables of results, tasks as rows; accuracies in %.
+
+  Tasks share a table when one's metric names include the other's (zero-shot tasks with and
+  without top-5), the missing cells left blank; other tasks get tables of their own.
+  """
+  lines = [f"## {title}", ""] if title else []
+  groups: list[tuple[list[str], list[str]]] = []  # (columns, tasks)
+  for task, values in results.items():
+    for columns, tasks in groups:
+      if set(values) <= set(columns) or set(columns) <= set(values):
+        columns.extend(c for c in values if c not in columns)
+        tasks.append(task)
+        break
+    else:
+      groups.append((list(values), [task]))
+  for columns, tasks in groups:
+    lines.append("| task | " + " | ".join(columns) + " |")
+    lines.append("|---|" + "---:|" * len(columns))
+    for task in tasks:
+      cells = [_format(c, results[task][c]) if c in results[task] else "" for c in columns]
+      lines.append(f"| {task} | " + " | ".join(cells) + " |")
+    lines.append("")
+  if any(c.startswith(_FRACTION_PREFIXES) for columns, _ in groups for c in columns):
+    lines.append("Accuracies and recalls in %.")
+    lines.append("")
+  for task, reason in (skipped or {}).items():
+    lines.append(f"- skipped {task}: {reason}")
+  return "\n".join(lines).rstrip() + "\n"
+
+
+def default_output(config, workdir: str | None, step: int | None) -> str:
+  name = config.get("name", "eval")
+  if workdir:
+    suffix = f"_step{step}" if step is not None else ""
+    return os.path.join(workdir, "eval", f"{name}{suffix}.json")
+  return f"eval_{name}.json"
+
+
+def run(config, *, workdir: str | None = None, checkpoint: str | None = None,
+        output: str | None = None, step: int | None = None, mesh=None) -> dict:
+  """Loads the model, evaluates, writes JSON + markdown (+ predictions); returns the results."""
+  import jax  # pylint: disable=g-import-not-at-top
+  module, variables, description = load_model(config, workdir=workdir, checkpoint=checkpoint,
+                                              step=step)
+  results, skipped, built = evaluate(config, module, variables, mesh=mesh)
+  table = markdown(results, skipped, title=f"{config.get('name', 'eval')}: {description}")
+  output = output or default_output(config, workdir, step)
+  if jax.process_index() == 0:
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    with open(output, "w") as f:
+      json.dump(results, f, indent=1)
+      f.write("\n")
+    stem = output[:-len(".json")] if output.endswith(".json") else output
+    with open(stem + ".md", "w") as f:
+      f.write(table)
+    if config.get("write_predictions", False):
+      arrays = {}
+      for name, evaluator in built.items():
+        for key, value in (getattr(evaluator, "predictions", None) or {}).items():
+          arrays[f"{name}.{key}"] = np.asarray(value)
+      np.savez(stem + ".predictions.npz", **arrays)
+    print(table, flush=True)
+    logging.info("wrote %s and %s", output, stem + ".md")
+  return results
+
+
+def define_flags(flag_values=None):
+  """Defines --config, --workdir, --checkpoint, --output, --step on `flag_values`."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  flag_values = flag_values if flag_values is not None else flags.FLAGS
+  config_flags.DEFINE_config_file("config", None, "Eval config: configs/eval/NAME.py[:ARGS].",
+                                  flag_values=flag_values, lock_config=True)
+  flags.DEFINE_string("workdir", None, "Training workdir to evaluate.", flag_values=flag_values)
+  flags.DEFINE_string("checkpoint", None, "open_clip/OpenAI state dict (.safetensors, .pt).",
+                      flag_values=flag_values)
+  flags.DEFINE_string("output", None, "JSON file to write; the markdown table goes beside it.",
+                      flag_values=flag_values)
+  flags.DEFINE_integer("step", None, "Checkpoint step of --workdir (default: the latest).",
+                       flag_values=flag_values)
+  return flag_values
+
+
+def main_with_flags(flag_values) -> dict:
+  if flag_values.config is None:
+    raise ValueError("--config is required")
+  return run(flag_values.config, workdir=flag_values.workdir, checkpoint=flag_values.checkpoint,
+             output=flag_values.output, step=flag_values.step)
+
+
+def main(argv):
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  if len(argv) > 1:
+    raise ValueError(f"unexpected arguments: {argv[1:]}")
+  if int(os.environ.get("SLURM_NTASKS", "1")) > 1 or os.environ.get("TPU_WORKER_HOSTNAMES"):
+    import jax  # pylint: disable=g-import-not-at-top
+    # Every process embeds every batch (the Embedder gathers the results everywhere); only
+    # process 0 writes files.
+    jax.distributed.initialize()
+  main_with_flags(flags.FLAGS)
+
+
+if __name__ == "__main__":
+  from absl import app  # pylint: disable=g-import-not-at-top
+  # Flags are defined here, not at import: cloob_jax.main defines --config/--workdir too, and
+  # tests import both modules into one process.
+  define_flags()
+  app.run(main)

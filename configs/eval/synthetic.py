@@ -1,0 +1,48 @@
+r"""Every zero-shot task of the synthetic world, retrieval, the embedding analyses and a probe.
+
+  python -m cloob_jax.eval --config=configs/eval/synthetic.py --workdir=DIR
+  python -m cloob_jax.eval --config=configs/eval/synthetic.py:model=ViT-tiny,n=128 \
+      --checkpoint=weights.safetensors
+
+Args: model (architecture for --checkpoint), n (images per zero-shot task), retrieval_n
+(captioned images for retrieval and the analyses), probe_n (images to fit the probe),
+batch_size, seed (which rendering of the world), progress.
+
+Images are rendered at the model's resolution. The linear probe reads the shape of a single
+object (the hard feature), with its own training images (a different seed).
+"""
+
+from cloob_jax.data import synthetic
+from cloob_jax import config_lib
+import ml_collections
+
+
+def get_config(arg=None):
+  arg = config_lib.parse_arg(arg, model="ViT-tiny", n=512, retrieval_n=512, probe_n=1024,
+                              batch_size=256, seed=0, log_steps=1000, progress=True)
+  config = ml_collections.ConfigDict()
+  config.name = "synthetic"
+  config.model = dict(name=arg.model, overrides={})
+  config.batch_size = arg.batch_size
+  config.progress = arg.progress
+  config.write_predictions = False
+
+  config.evals = ml_collections.ConfigDict(sort_keys=False)  # run and report in this order
+  for task in synthetic.zeroshot_tasks():
+    config.evals[task] = dict(type="zeroshot_classification", log_steps=arg.log_steps,
+                              data=dict(source="synthetic", task=task, num_examples=arg.n,
+                                        seed=arg.seed))
+  config.evals.retrieval = dict(
+      type="retrieval", log_steps=arg.log_steps,
+      data=dict(source="synthetic_retrieval", num_examples=arg.retrieval_n, seed=arg.seed,
+                captions_per_image=5))
+  config.evals.embedding_analysis = dict(
+      type="embedding_analysis", log_steps=arg.log_steps,
+      data=dict(source="synthetic_retrieval", num_examples=arg.retrieval_n, seed=arg.seed,
+                captions_per_image=1))
+  config.evals.shape_probe = dict(
+      type="linear_probe", log_steps=arg.log_steps,
+      train_data=dict(source="synthetic", task="shape", num_examples=arg.probe_n,
+                      seed=arg.seed + 1),
+      test_data=dict(source="synthetic", task="shape", num_examples=arg.n, seed=arg.seed))
+  return config
