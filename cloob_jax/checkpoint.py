@@ -33,22 +33,28 @@ class Checkpointer:
 
   def __init__(self, directory: str, *, every: int, keep: int):
     self.directory = os.path.abspath(directory)
+    self.every = every
     self._manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=every,
                                              enable_async_checkpointing=True),
         item_names=("state", "data"))
+    self._last_saved = self._manager.latest_step()
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
   def save(self, step: int, state, data_iterator, *, force: bool = False) -> bool:
     """Saves when `step` is due (or `force`); refuses state with non-finite values."""
-    if not force and not self._manager.should_save(step):
+    # Decided locally: asking the manager (should_save, latest_step) syncs all processes.
+    if not force and step % self.every:
       return False
+    if step == self._last_saved:
+      return False  # already saved (e.g. a periodic save just before a preemption)
     if not all_finite(state):
       raise NonFiniteError(f"refusing to checkpoint step {step}: the train state holds "
                            "non-finite values")
+    self._last_saved = step
     return self._manager.save(
         step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                       data=grain.checkpoint.CheckpointSave(data_iterator)),

@@ -275,7 +275,7 @@ def _run_evals(evaluators, state, step, config, writer, final):
     variables = {"params": state["params"]}
     if state["batch_stats"]:
       variables["batch_stats"] = state["batch_stats"]
-    results = {f"{name}/{metric}": value for metric, value in evaluator.run(variables)}
+    results = dict(evaluator.run(variables))  # metric names come as 'name/metric' already
     writer.write(step, results)
     if writer.active:
       print("  ".join(f"{k} {v:.4f}" for k, v in results.items()), flush=True)

@@ -10,7 +10,7 @@ from cloob_jax import config_lib
 
 
 def get_config(arg=None):
-  arg = config_lib.parse_arg(arg, method="cloob", steps=600, batch_size=128, seed=0)
+  arg = config_lib.parse_arg(arg, method="cloob", steps=600, batch_size=128, seed=0, tiny=False)
   config = ml_collections.ConfigDict()
   config.seed = arg.seed
   config.method = arg.method
@@ -25,6 +25,10 @@ def get_config(arg=None):
       embed_dim=128,
       vision=dict(image_size=64, patch_size=8, width=128, layers=4, head_width=32),
       text=dict(context_length=32, width=128, heads=4, layers=4)))
+  if arg.tiny:  # for tests: seconds per run, same code paths
+    config.model.overrides = ml_collections.ConfigDict(dict(
+        embed_dim=32, vision=dict(image_size=32, patch_size=8, width=32, layers=1, head_width=16),
+        text=dict(context_length=16, width=32, heads=2, layers=1, vocab_size=49408)))
 
   config.data = ml_collections.ConfigDict()
   config.data.source = "synthetic"
@@ -35,7 +39,7 @@ def get_config(arg=None):
   config.batch_size = arg.batch_size
   config.total_steps = arg.steps
   config.optimizer = ml_collections.ConfigDict(dict(
-      lr=1e-3, b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.1, warmup_steps=max(1, min(50, arg.steps // 10)),
+      lr=5e-4, b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.1, warmup_steps=max(1, min(50, arg.steps // 10)),
       schedule="cosine", restarts=0, clip_grad_norm=1.0))
 
   config.log_every = 20

@@ -1,0 +1,223 @@
+"""The train step and the main binary: equivalence across devices and processes, exact resume,
+preemption, the non-finite guard, config refusal and the weight-decay mask.
+
+Runs of the binary use `configs/demo.py:tiny=True` (same code paths, seconds per run) and share
+one persistent compilation cache (tests/conftest.py), so each program compiles once.
+"""
+
+import functools
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cloob_jax import checkpoint
+from cloob_jax import config_lib
+from cloob_jax import losses
+from cloob_jax import models
+from cloob_jax import optim
+from cloob_jax import parallel
+from cloob_jax import train
+from cloob_jax.data import transforms
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEPS = 20
+BATCH = 16
+CONFIG = f"configs/demo.py:tiny=True,steps={STEPS},batch_size={BATCH}"
+FLAGS = ["--config.log_every=1", "--config.checkpoint_every=4"]
+
+
+def _demo_config(arg=f"tiny=True,steps={STEPS},batch_size={BATCH}"):
+  sys.path.insert(0, REPO)
+  try:
+    from configs import demo
+  finally:
+    sys.path.pop(0)
+  return demo.get_config(arg)
+
+
+def _env(devices: int | None):
+  env = dict(os.environ)
+  env.pop("XLA_FLAGS", None)
+  if devices:
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  return env
+
+
+def _main(workdir, *extra, devices=8, wait=True):
+  cmd = [sys.executable, "-m", "cloob_jax.main", f"--config={CONFIG}", f"--workdir={workdir}",
+         *FLAGS, *extra]
+  proc = subprocess.Popen(cmd, cwd=REPO, env=_env(devices), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+  if not wait:
+    return proc
+  out, _ = proc.communicate(timeout=600)
+  return proc.returncode, out
+
+
+def _losses(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+
+def _last_step(workdir):
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return 0
+  with open(path) as f:
+    steps = [json.loads(line)["step"] for line in f if line.strip()]
+  return max(steps, default=0)
+
+
+def _wait_for_step(workdir, step, proc, timeout=300):
+  deadline = time.time() + timeout
+  while _last_step(workdir) < step:
+    assert proc.poll() is None, proc.communicate()[0]
+    assert time.time() < deadline, f"no step {step} within {timeout}s"
+    time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+  """An uninterrupted run on 8 devices: the reference for resume and device equivalence."""
+  workdir = str(tmp_path_factory.mktemp("reference"))
+  code, out = _main(workdir)
+  assert code == 0, out
+  return workdir
+
+
+def test_demo_run_writes_the_workdir_contract(reference_run):
+  assert os.path.exists(os.path.join(reference_run, "config.json"))
+  with open(os.path.join(reference_run, "metrics.jsonl")) as f:
+    row = json.loads(f.readline())
+  for key in ("step", "loss", "learning_rate", "examples_per_sec", "inv_tau",
+              "data_wait_fraction", "skipped/corrupt"):
+    assert key in row
+  assert os.listdir(os.path.join(reference_run, "tensorboard"))
+  assert checkpoint.Checkpointer(os.path.join(reference_run, "checkpoints"), every=1,
+                                 keep=1).latest_step() == STEPS
+  loss = _losses(reference_run)
+  assert np.mean([loss[s] for s in range(STEPS - 4, STEPS + 1)]) < np.mean(
+      [loss[s] for s in range(1, 6)])
+
+
+def test_one_device_and_two_processes_match_eight_devices(reference_run, tmp_path):
+  one = str(tmp_path / "one")
+  code, out = _main(one, devices=1)
+  assert code == 0, out
+  two = str(tmp_path / "two_processes")
+  env = _env(None)
+  env["PORT"] = str(20000 + random.randrange(20000))
+  proc = subprocess.run(["bash", "launch/local_multiprocess.sh", "2", "2", f"--config={CONFIG}",
+                         f"--workdir={two}", *FLAGS], cwd=REPO, env=env, capture_output=True,
+                        text=True, timeout=600)
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  ref = _losses(reference_run)
+  for other in (_losses(one), _losses(two)):
+    assert sorted(other) == list(range(1, STEPS + 1))
+    for step in range(1, STEPS + 1):
+      assert abs(other[step] - ref[step]) <= 1e-5 * abs(ref[step]), (step, other[step], ref[step])
+
+
+def test_sigterm_saves_and_sigkill_resumes_bitwise(reference_run, tmp_path):
+  workdir = str(tmp_path / "interrupted")
+  proc = _main(workdir, wait=False)
+  _wait_for_step(workdir, 3, proc)
+  proc.send_signal(signal.SIGTERM)
+  out, _ = proc.communicate(timeout=120)
+  assert proc.returncode == 0, out
+  assert "SIGTERM: saved the checkpoint of step" in out
+  saved = int(out.split("saved the checkpoint of step ")[1].split(";")[0])
+  assert checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), every=1,
+                                 keep=1).latest_step() == saved
+
+  proc = _main(workdir, wait=False)  # resumes, then dies without warning at a random step
+  _wait_for_step(workdir, saved + random.randint(2, 8), proc)
+  proc.kill()
+  proc.wait()
+  code, out = _main(workdir)
+  assert code == 0, out
+  assert "Resumed from the checkpoint of step" in out
+
+  _, expected = checkpoint.restore_variables(reference_run)
+  _, resumed = checkpoint.restore_variables(workdir)
+  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(expected), jax.tree.leaves(resumed)):
+    np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
+
+
+def test_non_finite_loss_stops_and_never_checkpoints_non_finite(tmp_path):
+  workdir = str(tmp_path / "diverges")
+  code, out = _main(workdir, "--config.optimizer.lr=1e30", "--config.optimizer.clip_grad_norm=0",
+                    "--config.checkpoint_every=1")
+  assert code != 0
+  assert "NonFiniteError" in out and ("loss is nan" in out or "non-finite" in out), out[-2000:]
+  steps = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), every=1,
+                                  keep=1)._manager.all_steps()
+  for step in steps:
+    _, variables = checkpoint.restore_variables(workdir, step)
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(variables))
+
+
+def test_bad_config_keys_are_refused_before_anything_runs(tmp_path):
+  code, out = _main(str(tmp_path / "typo"), "--config.totl_steps=3")
+  assert code != 0 and "totl_steps" in out and "total_steps" in out
+  assert not os.path.exists(tmp_path / "typo" / "config.json")
+  with pytest.raises(KeyError, match="did you mean 'method'"):
+    _demo_config("metod=clip")
+  config = _demo_config()
+  config.method = "cloop"
+  with pytest.raises(ValueError, match="did you mean 'cloob'"):
+    config_lib.validate(config)
+  config = _demo_config()
+  config.model.overrides.text.layer = 2
+  with pytest.raises(ValueError, match="Did you mean 'layers'"):
+    config_lib.validate(config)
+
+
+def test_weight_decay_mask_follows_open_clip():
+  model = models.create_model("ViT-tiny")
+  shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)),
+                          jnp.zeros((1, 77), jnp.int32))
+  mask = optim.decay_mask(shapes["params"])
+  flat = {jax.tree_util.keystr(p): m for p, m in jax.tree_util.tree_leaves_with_path(mask)}
+  decayed = {k for k, m in flat.items() if m}
+  assert "['visual']['conv1']['kernel']" in decayed
+  assert "['text']['token_embedding']['embedding']" in decayed
+  assert "['text']['transformer']['resblocks_0']['attn']['in_proj']['kernel']" in decayed
+  assert "['visual']['positional_embedding']" in decayed
+  for key in ("['logit_scale']", "['visual']['class_embedding']",
+              "['visual']['ln_pre']['scale']", "['text']['ln_final']['bias']",
+              "['text']['transformer']['resblocks_0']['mlp']['c_fc']['bias']"):
+    assert not flat[key], key
+
+
+def test_cloob_step_loss_equals_losses_cloob_on_the_global_batch():
+  config = _demo_config()
+  model_config = models.get_config(config.model.name, **config.model.overrides.to_dict())
+  model = models.build(model_config)
+  mesh = parallel.make_mesh()
+  assert mesh.size == 8
+  tx, schedule = optim.create_optimizer(config.optimizer, config.total_steps)
+  state = jax.jit(functools.partial(train.init_state, model, tx, config, model_config))(
+      jax.random.key(0))
+  batch = next(train.create_train_iterator(config, model_config))
+  batch.pop("skipped")
+  global_batch = jax.device_put(batch, parallel.batch_sharding(mesh))
+  params = state["params"]
+  img, txt, _ = jax.jit(functools.partial(model.apply, train=True))(
+      {"params": params}, transforms.normalize(batch["image"]), batch["tokens"])
+  expected = losses.cloob(img, txt, config.inv_tau, config.beta)
+  step = jax.jit(functools.partial(
+      train.train_step, model=model, tx=tx, schedule=schedule,
+      loss_fn=parallel.make_loss_fn(config.method, mesh), config=config))
+  _, metrics = step(state, global_batch)
+  np.testing.assert_allclose(metrics["loss"], expected, rtol=1e-5)
