@@ -246,6 +246,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     stop.uninstall()
     ckpt.close()
     writer.close()
+  if writer.active:
+    print(f"Wrote {os.path.join(workdir, 'config.json')}, {os.path.join(workdir, 'metrics.jsonl')}"
+          f", TensorBoard events in {os.path.join(workdir, 'tensorboard')} and checkpoints in "
+          f"{ckpt.directory}", flush=True)
   return last
 
 

@@ -7,10 +7,12 @@
 import ml_collections
 
 from cloob_jax import config_lib
+from cloob_jax.evaluators import suites
 
 
 def get_config(arg=None):
-  arg = config_lib.parse_arg(arg, method="cloob", steps=600, batch_size=128, seed=0, tiny=False)
+  arg = config_lib.parse_arg(arg, method="cloob", steps=1000, batch_size=64, seed=0, tiny=False,
+                             evals=True)
   config = ml_collections.ConfigDict()
   config.seed = arg.seed
   config.method = arg.method
@@ -22,9 +24,9 @@ def get_config(arg=None):
   config.model = ml_collections.ConfigDict()
   config.model.name = "ViT-tiny"
   config.model.overrides = ml_collections.ConfigDict(dict(
-      embed_dim=128,
-      vision=dict(image_size=64, patch_size=8, width=128, layers=4, head_width=32),
-      text=dict(context_length=32, width=128, heads=4, layers=4)))
+      embed_dim=64,
+      vision=dict(image_size=64, patch_size=8, width=64, layers=3, head_width=32),
+      text=dict(context_length=32, width=64, heads=2, layers=3)))
   if arg.tiny:  # for tests: seconds per run, same code paths
     config.model.overrides = ml_collections.ConfigDict(dict(
         embed_dim=32, vision=dict(image_size=32, patch_size=8, width=32, layers=1, head_width=16),
@@ -39,11 +41,16 @@ def get_config(arg=None):
   config.batch_size = arg.batch_size
   config.total_steps = arg.steps
   config.optimizer = ml_collections.ConfigDict(dict(
-      lr=5e-4, b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.1, warmup_steps=max(1, min(50, arg.steps // 10)),
+      lr=1e-3, b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.1,
+      warmup_steps=max(1, min(100, arg.steps // 10)),
       schedule="cosine", restarts=0, clip_grad_norm=1.0))
 
   config.log_every = 20
   config.checkpoint_every = 200
   config.keep_checkpoints = 2
-  config.evals = ml_collections.ConfigDict()
+  # Zero-shot tasks of the world, retrieval and the embedding analyses, at the end of training.
+  config.eval_batch_size = 256
+  n = 32 if arg.tiny else 256
+  config.evals = (suites.synthetic_world(n=n, retrieval_n=n, probe=False, log_steps=arg.steps)
+                  if arg.evals else ml_collections.ConfigDict())
   return config

@@ -31,11 +31,11 @@ from cloob_jax.data import transforms
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 20
 BATCH = 16
-CONFIG = f"configs/demo.py:tiny=True,steps={STEPS},batch_size={BATCH}"
+CONFIG = f"configs/demo.py:tiny=True,evals=False,steps={STEPS},batch_size={BATCH}"
 FLAGS = ["--config.log_every=1", "--config.checkpoint_every=4"]
 
 
-def _demo_config(arg=f"tiny=True,steps={STEPS},batch_size={BATCH}"):
+def _demo_config(arg=f"tiny=True,evals=False,steps={STEPS},batch_size={BATCH}"):
   sys.path.insert(0, REPO)
   try:
     from configs import demo
@@ -221,3 +221,30 @@ def test_cloob_step_loss_equals_losses_cloob_on_the_global_batch():
       loss_fn=parallel.make_loss_fn(config.method, mesh), config=config))
   _, metrics = step(state, global_batch)
   np.testing.assert_allclose(metrics["loss"], expected, rtol=1e-5)
+
+
+def test_demo_with_in_training_evals_then_eval_binary_on_the_workdir(tmp_path):
+  workdir = str(tmp_path / "with_evals")
+  cmd = [sys.executable, "-m", "cloob_jax.main",
+         "--config=configs/demo.py:tiny=True,evals=True,steps=4,batch_size=16",
+         f"--workdir={workdir}", "--config.log_every=2"]
+  proc = subprocess.run(cmd, cwd=REPO, env=_env(8), capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  evals = {k: v for r in rows for k, v in r.items() if "/" in k and not k.startswith("skipped")}
+  for key in ("colour/top1", "shape/top1", "retrieval/image_to_text_recall@1",
+              "embedding_analysis/image_effective_eigenvalues"):
+    assert any(k.startswith(key.split("/")[0]) for k in evals), (key, sorted(evals))
+  output = str(tmp_path / "eval.json")
+  proc = subprocess.run(
+      [sys.executable, "-m", "cloob_jax.eval",
+       "--config=configs/eval/synthetic.py:n=16,retrieval_n=16,probe_n=32,progress=False",
+       f"--workdir={workdir}", f"--output={output}"],
+      cwd=REPO, env=_env(8), capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  with open(output) as f:
+    results = json.load(f)
+  assert {"colour", "shape", "position", "count", "retrieval"} <= set(results)
+  assert 0.0 <= results["colour"]["top1"] <= 1.0
+  assert os.path.exists(output[:-len(".json")] + ".md")

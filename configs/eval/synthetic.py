@@ -12,7 +12,7 @@ Images are rendered at the model's resolution. The linear probe reads the shape 
 object (the hard feature), with its own training images (a different seed).
 """
 
-from cloob_jax.data import synthetic
+from cloob_jax.evaluators import suites
 from cloob_jax import config_lib
 import ml_collections
 
@@ -27,22 +27,7 @@ def get_config(arg=None):
   config.progress = arg.progress
   config.write_predictions = False
 
-  config.evals = ml_collections.ConfigDict(sort_keys=False)  # run and report in this order
-  for task in synthetic.zeroshot_tasks():
-    config.evals[task] = dict(type="zeroshot_classification", log_steps=arg.log_steps,
-                              data=dict(source="synthetic", task=task, num_examples=arg.n,
-                                        seed=arg.seed))
-  config.evals.retrieval = dict(
-      type="retrieval", log_steps=arg.log_steps,
-      data=dict(source="synthetic_retrieval", num_examples=arg.retrieval_n, seed=arg.seed,
-                captions_per_image=5))
-  config.evals.embedding_analysis = dict(
-      type="embedding_analysis", log_steps=arg.log_steps,
-      data=dict(source="synthetic_retrieval", num_examples=arg.retrieval_n, seed=arg.seed,
-                captions_per_image=1))
-  config.evals.shape_probe = dict(
-      type="linear_probe", log_steps=arg.log_steps,
-      train_data=dict(source="synthetic", task="shape", num_examples=arg.probe_n,
-                      seed=arg.seed + 1),
-      test_data=dict(source="synthetic", task="shape", num_examples=arg.n, seed=arg.seed))
+  config.evals = suites.synthetic_world(n=arg.n, retrieval_n=arg.retrieval_n,
+                                       probe_n=arg.probe_n, seed=arg.seed,
+                                       log_steps=arg.log_steps)
   return config

@@ -1,0 +1,254 @@
+"""Train-step benchmark: `python -m cloob_jax.bench train --config=configs/demo.py [flags]`.
+
+Compiles the real train step once, times it on random batches already on the device (no input
+pipeline), and prints step time, images/s, model FLOP/s from XLA's cost analysis, and that as a
+fraction of a large matmul's FLOP/s measured in the same run. `--objective` adds, in a
+subprocess with 8 virtual devices, the per-device temporary memory of the gathered objective at
+a large global batch and its share of a ViT-B/16 step's FLOPs. `--torch` times open_clip's
+PyTorch step for the same model and batch in the same run.
+"""
+
+import argparse
+import functools
+import json
+import os
+import subprocess
+import sys
+import time
+
+
+def _parse(argv):
+  p = argparse.ArgumentParser(prog="python -m cloob_jax.bench train")
+  p.add_argument("--config", default="configs/demo.py", help="config file[:args]")
+  p.add_argument("--model", default=None, help="override config.model.name (e.g. ViT-B/32)")
+  p.add_argument("--batch_size", type=int, default=None)
+  p.add_argument("--dtype", default=None, help="float32 | bfloat16 compute")
+  p.add_argument("--method", default=None)
+  p.add_argument("--steps", type=int, default=10)
+  p.add_argument("--warmup", type=int, default=2)
+  p.add_argument("--torch", action="store_true", help="also time open_clip's PyTorch step")
+  p.add_argument("--objective", action="store_true",
+                 help="gathered-objective memory and FLOP share (subprocess, 8 devices)")
+  p.add_argument("--objective_batch", type=int, default=32768)
+  p.add_argument("--objective_dim", type=int, default=512)
+  p.add_argument("--json", default=None, help="also write the figures to this file")
+  p.add_argument("--_objective_only", action="store_true", help=argparse.SUPPRESS)
+  return p.parse_args(argv)
+
+
+def _load_config(spec):
+  import importlib.util
+  path, _, arg = spec.partition(":")
+  module_spec = importlib.util.spec_from_file_location("bench_config", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg or None)
+
+
+def _flops(compiled) -> float:
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0]
+  return float(cost.get("flops", 0.0)) if cost else 0.0
+
+
+def _time(fn, steps, warmup):
+  import jax
+  for _ in range(warmup):
+    jax.block_until_ready(fn())
+  start = time.perf_counter()
+  for _ in range(steps):
+    out = fn()
+  jax.block_until_ready(out)
+  return (time.perf_counter() - start) / steps
+
+
+def matmul_flops_per_sec(n=2048, dtype="float32"):
+  """FLOP/s of an n x n x n matmul on this backend: the achievable peak to compare against."""
+  import jax
+  import jax.numpy as jnp
+  a = jax.random.normal(jax.random.key(0), (n, n), dtype)
+  b = jax.random.normal(jax.random.key(1), (n, n), dtype)
+  f = jax.jit(lambda a, b: a @ b)
+  seconds = _time(lambda: f(a, b), 5, 2)
+  return 2 * n**3 / seconds
+
+
+def train_step_figures(config, steps, warmup):
+  import jax
+  import jax.numpy as jnp
+  from cloob_jax import models, optim, parallel, train
+  model_config = models.get_config(config.model.name, **config.model.overrides.to_dict())
+  model = models.build(model_config)
+  mesh = parallel.make_mesh()
+  replicated, batch_sharding = parallel.replicated_sharding(mesh), parallel.batch_sharding(mesh)
+  tx, schedule = optim.create_optimizer(config.optimizer, config.total_steps)
+  state = jax.jit(functools.partial(train.init_state, model, tx, config, model_config),
+                  out_shardings=replicated)(jax.random.key(0))
+  size, context = model_config.vision.image_size, model_config.text.context_length
+  b = config.batch_size
+  batch = {
+      "image": jax.random.randint(jax.random.key(1), (b, size, size, 3), 0, 256).astype(jnp.uint8),
+      "tokens": jax.random.randint(jax.random.key(2), (b, context), 1, 49407).astype(jnp.int32)}
+  batch = jax.device_put(batch, batch_sharding)
+  step = jax.jit(functools.partial(train.train_step, model=model, tx=tx, schedule=schedule,
+                                   loss_fn=parallel.make_loss_fn(config.method, mesh),
+                                   config=config),
+                 in_shardings=(replicated, batch_sharding), out_shardings=(replicated, replicated),
+                 donate_argnums=(0,))
+  t0 = time.perf_counter()
+  compiled = step.lower(state, batch).compile()
+  compile_s = time.perf_counter() - t0
+  flops = _flops(compiled)
+  holder = {"state": state}
+
+  def run():
+    holder["state"], metrics = compiled(holder["state"], batch)
+    return metrics
+
+  seconds = _time(run, steps, warmup)
+  return {"model": config.model.name, "dtype": model_config.dtype, "batch_size": b,
+          "method": config.method, "devices": mesh.size, "compile_s": compile_s,
+          "step_s": seconds, "images_per_s": b / seconds, "step_flops": flops,
+          "model_flops_per_s": flops / seconds}
+
+
+def torch_step_seconds(model_name, batch_size, steps, warmup, image_size, context):
+  """open_clip's fp32 AdamW training step (CLIP loss) for the same model and batch."""
+  import open_clip
+  import torch
+  model = open_clip.create_model(model_name.replace("/", "-"), pretrained=None)
+  model.train()
+  loss_fn = open_clip.ClipLoss()
+  opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1)
+  images = torch.randn(batch_size, 3, image_size, image_size)
+  tokens = torch.randint(1, 49407, (batch_size, context))
+
+  def step():
+    opt.zero_grad(set_to_none=True)
+    img, txt, scale = model(images, tokens)
+    loss = loss_fn(img, txt, scale)
+    loss.backward()
+    opt.step()
+
+  for _ in range(warmup):
+    step()
+  start = time.perf_counter()
+  for _ in range(steps):
+    step()
+  return (time.perf_counter() - start) / steps
+
+
+def objective_figures(batch, dim):
+  """Runs in a process with 8 virtual devices: memory of the gathered objective (value and
+  gradients) per device, against the N x N score matrix a single device would hold."""
+  import jax
+  import jax.numpy as jnp
+  from cloob_jax import parallel
+  mesh = parallel.make_mesh()
+  sharding = parallel.batch_sharding(mesh)
+  spec = jax.ShapeDtypeStruct((batch, dim), jnp.float32, sharding=sharding)
+  out = {"devices": mesh.size, "global_batch": batch, "dim": dim}
+  for method in ("cloob", "clip"):
+    loss = parallel.make_loss_fn(method, mesh)
+    grad = jax.jit(jax.value_and_grad(lambda x, y: loss(x, y, 30.0, 8.0), argnums=(0, 1)))
+    compiled = grad.lower(spec, spec).compile()
+    memory = compiled.memory_analysis()
+    out[method] = {"temp_bytes_per_device": int(memory.temp_size_in_bytes),
+                   "flops": _flops(compiled)}
+  local = batch // mesh.size
+  out["local_x_global_scores_bytes"] = local * batch * 4
+  out["global_x_global_scores_bytes"] = batch * batch * 4
+
+  # The objective's share of a ViT-B/16 step at the same global batch per device count.
+  from cloob_jax import models
+  vit = models.create_model("ViT-B/16", dtype="bfloat16")
+  per_device = 256
+  b = per_device * mesh.size
+  images = jax.ShapeDtypeStruct((b, 224, 224, 3), jnp.float32, sharding=sharding)
+  tokens = jax.ShapeDtypeStruct((b, 77), jnp.int32, sharding=sharding)
+  variables = jax.eval_shape(vit.init, jax.random.key(0), jnp.zeros((1, 224, 224, 3)),
+                             jnp.zeros((1, 77), jnp.int32))
+  loss = parallel.make_loss_fn("cloob", mesh)
+
+  def step_loss(params, images, tokens):
+    img, txt, _ = vit.apply({"params": params}, images, tokens)
+    return loss(img, txt, 30.0, 8.0)
+
+  step_flops = _flops(jax.jit(jax.grad(step_loss)).lower(variables["params"], images,
+                                                         tokens).compile())
+  emb = jax.ShapeDtypeStruct((b, 512), jnp.float32, sharding=sharding)
+  objective = jax.jit(jax.value_and_grad(lambda x, y: loss(x, y, 30.0, 8.0), argnums=(0, 1)))
+  objective_flops = _flops(objective.lower(emb, emb).compile())
+  out["vit_b16_step"] = {"global_batch": b, "step_flops": step_flops,
+                         "objective_flops": objective_flops,
+                         "objective_share": objective_flops / step_flops if step_flops else None}
+  return out
+
+
+def _print_objective(fig):
+  gib = 1024**3
+  print(f"\nGathered objective, global batch {fig['global_batch']} x d={fig['dim']} on "
+        f"{fig['devices']} virtual devices (value + gradients):")
+  for method in ("cloob", "clip"):
+    print(f"  {method:5s}: temporary memory per device {fig[method]['temp_bytes_per_device'] / gib:.2f}"
+          f" GiB")
+  print(f"  one [local, global] float32 score block: {fig['local_x_global_scores_bytes'] / gib:.2f}"
+        f" GiB; one [global, global] matrix would be {fig['global_x_global_scores_bytes'] / gib:.2f}"
+        " GiB")
+  v = fig["vit_b16_step"]
+  print(f"  ViT-B/16 step at global batch {v['global_batch']}: objective {v['objective_flops']:.3g}"
+        f" of {v['step_flops']:.3g} FLOPs = {100 * v['objective_share']:.2f}% (XLA cost analysis)")
+
+
+def run():
+  args = _parse(sys.argv[1:])
+  if args._objective_only:
+    print(json.dumps(objective_figures(args.objective_batch, args.objective_dim)))
+    return
+  config = _load_config(args.config)
+  if args.model:
+    config.model.name = args.model
+    config.model.overrides = {}
+  if args.batch_size:
+    config.batch_size = args.batch_size
+  if args.method:
+    config.method = args.method
+  if args.dtype:
+    config.model.overrides["dtype"] = args.dtype
+  import ml_collections
+  config.model.overrides = ml_collections.ConfigDict(dict(config.model.overrides))
+  import jax
+  figures = {"backend": jax.default_backend(), "device_kind": jax.devices()[0].device_kind}
+  dtype = config.model.overrides.get("dtype", "float32")
+  step = train_step_figures(config, args.steps, args.warmup)
+  peak = matmul_flops_per_sec(dtype=dtype)
+  figures.update(step, matmul_flops_per_s=peak, fraction_of_matmul=step["model_flops_per_s"] / peak)
+  print(f"{step['model']} {step['dtype']} batch {step['batch_size']} ({step['method']}) on "
+        f"{step['devices']} {figures['backend']} device(s): compile {step['compile_s']:.1f} s, "
+        f"step {step['step_s'] * 1e3:.1f} ms, {step['images_per_s']:.1f} images/s")
+  print(f"  model {step['step_flops'] / 1e9:.2f} GFLOP/step -> {step['model_flops_per_s'] / 1e9:.2f}"
+        f" GFLOP/s = {100 * figures['fraction_of_matmul']:.1f}% of a 2048^3 matmul's "
+        f"{peak / 1e9:.2f} GFLOP/s measured in this run")
+  if args.torch:
+    from cloob_jax import models
+    mc = models.get_config(config.model.name)
+    seconds = torch_step_seconds(config.model.name, config.batch_size, max(2, args.steps // 2), 1,
+                                 mc.vision.image_size, mc.text.context_length)
+    figures["open_clip_step_s"] = seconds
+    figures["speedup_vs_open_clip"] = seconds / step["step_s"]
+    print(f"  open_clip (PyTorch {__import__('torch').__version__}, fp32) same model and batch: "
+          f"step {seconds * 1e3:.1f} ms -> cloob_jax is {seconds / step['step_s']:.2f}x as fast")
+  if args.objective:
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+               JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-m", "cloob_jax.bench", "train", "--_objective_only",
+                           f"--objective_batch={args.objective_batch}",
+                           f"--objective_dim={args.objective_dim}"],
+                          env=env, capture_output=True, text=True, check=True)
+    fig = json.loads(proc.stdout.strip().splitlines()[-1])
+    figures["objective"] = fig
+    _print_objective(fig)
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump(figures, f, indent=2)
