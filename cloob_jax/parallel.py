@@ -50,6 +50,32 @@ def replicated_sharding(mesh: jax.sharding.Mesh) -> jax.NamedSharding:
   return jax.NamedSharding(mesh, jax.P())
 
 
+def fsdp_sharding(shape: Sequence[int], mesh: jax.sharding.Mesh, axis_name: str = 'data',
+                  min_size: int = 2**14) -> jax.NamedSharding:
+  """FSDP: a large array is split over `axis_name` along its largest divisible dimension.
+
+  The rule depends on the shape only, so parameters and their Adam moments shard alike.
+  Arrays smaller than `min_size` elements (biases, norms, scalars) stay replicated: sharding
+  them saves nothing and costs a collective each. XLA gathers a weight where it is used.
+  """
+  n = mesh.shape[axis_name]
+  if n == 1 or math.prod(shape) < min_size:
+    return replicated_sharding(mesh)
+  for dim in sorted(range(len(shape)), key=lambda d: -shape[d]):
+    if shape[dim] % n == 0:
+      spec = [None] * len(shape)
+      spec[dim] = axis_name
+      return jax.NamedSharding(mesh, jax.P(*spec))
+  return replicated_sharding(mesh)
+
+
+def state_shardings(abstract_state, mesh: jax.sharding.Mesh, fsdp: bool = False):
+  """Shardings for a train-state pytree: replicated, or FSDP over 'data' when `fsdp`."""
+  if not fsdp:
+    return jax.tree.map(lambda _: replicated_sharding(mesh), abstract_state)
+  return jax.tree.map(lambda x: fsdp_sharding(x.shape, mesh), abstract_state)
+
+
 def axis_size(mesh: jax.sharding.Mesh, axis_name: AxisName) -> int:
   """Number of shards along `axis_name` (a name or a tuple of names)."""
   names = (axis_name,) if isinstance(axis_name, str) else tuple(axis_name)

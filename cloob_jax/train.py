@@ -180,13 +180,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   batch_sharding = parallel.batch_sharding(mesh)
   tx, schedule = optim.create_optimizer(config.optimizer, config.total_steps)
 
-  init = jax.jit(functools.partial(init_state, model, tx, config, model_config),
-                 out_shardings=replicated)
-  state = init(jax.random.key(config.seed))
+  init_fn = functools.partial(init_state, model, tx, config, model_config)
+  # Replicated state, or FSDP: parameters and optimizer moments split over the data axis.
+  shardings = parallel.state_shardings(jax.eval_shape(init_fn, jax.random.key(0)), mesh,
+                                       fsdp=config.get("fsdp", False))
+  state = jax.jit(init_fn, out_shardings=shardings)(jax.random.key(config.seed))
   step_fn = jax.jit(
       functools.partial(train_step, model=model, tx=tx, schedule=schedule,
                         loss_fn=parallel.make_loss_fn(config.method, mesh), config=config),
-      in_shardings=(replicated, batch_sharding), out_shardings=(replicated, replicated),
+      in_shardings=(shardings, batch_sharding), out_shardings=(shardings, replicated),
       donate_argnums=(0,))
 
   data = create_train_iterator(config, model_config)

@@ -36,6 +36,7 @@ def paper_config(arg, *, dataset_size, lr, warmup_steps, restarts):
   config.data.seed = 0
   config.data.num_workers = arg.workers
 
+  config.fsdp = arg.model.startswith("ViT-L")  # shard what is too big to replicate
   config.batch_size = arg.batch_size
   config.total_steps = arg.epochs * dataset_size // arg.batch_size
   config.optimizer = ml_collections.ConfigDict(dict(

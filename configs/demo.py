@@ -38,6 +38,7 @@ def get_config(arg=None):
   config.data.seed = arg.seed
   config.data.num_workers = 0
 
+  config.fsdp = False  # shard parameters and optimizer state over the data axis
   config.batch_size = arg.batch_size
   config.total_steps = arg.steps
   config.optimizer = ml_collections.ConfigDict(dict(

@@ -128,6 +128,25 @@ def test_one_device_and_two_processes_match_eight_devices(reference_run, tmp_pat
       assert abs(other[step] - ref[step]) <= 1e-5 * abs(ref[step]), (step, other[step], ref[step])
 
 
+def test_fsdp_shards_parameters_and_matches_replicated_training(reference_run, tmp_path):
+  config = _demo_config()
+  model_config = models.get_config(config.model.name, **config.model.overrides.to_dict())
+  model = models.build(model_config)
+  tx, _ = optim.create_optimizer(config.optimizer, config.total_steps)
+  abstract = jax.eval_shape(functools.partial(train.init_state, model, tx, config, model_config),
+                            jax.random.key(0))
+  shardings = parallel.state_shardings(abstract, parallel.make_mesh(), fsdp=True)
+  embedding = shardings["params"]["text"]["token_embedding"]["embedding"]
+  assert embedding.spec == jax.P("data", None)  # 49408 rows split over 8 devices
+  assert shardings["params"]["logit_scale"].spec == jax.P()
+  workdir = str(tmp_path / "fsdp")
+  code, out = _main(workdir, "--config.fsdp=True")
+  assert code == 0, out
+  ref, fsdp = _losses(reference_run), _losses(workdir)
+  for step in range(1, STEPS + 1):
+    assert abs(fsdp[step] - ref[step]) <= 1e-5 * abs(ref[step]), (step, fsdp[step], ref[step])
+
+
 def test_sigterm_saves_and_sigkill_resumes_bitwise(reference_run, tmp_path):
   workdir = str(tmp_path / "interrupted")
   proc = _main(workdir, wait=False)
