@@ -28,6 +28,7 @@ def _reference_vit_tiny(seed=0):
   """A random open_clip.CLIP shaped like our 'ViT-tiny', with every weight moved off its init."""
   config = models.get_config("ViT-tiny")
   v, t = config.vision, config.text
+  torch.manual_seed(seed)  # the constructor's init draws from the global generator
   model = open_clip.CLIP(
       config.embed_dim,
       dict(image_size=v.image_size, layers=v.layers, width=v.width, patch_size=v.patch_size,
