@@ -20,8 +20,13 @@ def all_finite(tree) -> bool:
   leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
   if not leaves:
     return True
-  return bool(jax.jit(lambda xs: jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in xs])))(
-      leaves))
+  return bool(_all_finite(leaves))
+
+
+@jax.jit
+def _all_finite(leaves):
+  # Module-level so each save reuses one compiled check instead of tracing a new lambda.
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
 class NonFiniteError(RuntimeError):
