@@ -6,6 +6,7 @@ batch); the objective gathers the embeddings on purpose (`parallel.make_loss_fn`
 device holds only its [local, global] block of each score matrix.
 """
 
+import dataclasses
 import functools
 import json
 import math
@@ -32,10 +33,6 @@ from cloob_jax.data import records
 from cloob_jax.data import transforms
 
 MAX_LOG_INV_TAU = math.log(100.0)
-
-
-def build_model(config: ml_collections.ConfigDict):
-  return models.create_model(config.model.name, **config.model.overrides.to_dict())
 
 
 def create_source(config: ml_collections.ConfigDict, image_size: int):
@@ -91,6 +88,44 @@ def train_step(state, batch, *, model, tx, schedule, loss_fn, config):
   new_state = {"step": state["step"] + 1, "params": params, "batch_stats": batch_stats,
                "opt_state": opt_state}
   return new_state, metrics
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSetup:
+  """Everything the loop (and the train benchmark) build from a config before data flows."""
+  model_config: models.ModelConfig
+  model: Any
+  mesh: jax.sharding.Mesh
+  tx: Any
+  schedule: Any
+  state_shardings: Any
+  batch_sharding: jax.NamedSharding
+  init: Any  # seed -> state, placed with state_shardings
+  step: Any  # (state, global batch) -> (state, metrics), jitted, state donated
+
+
+def create_train_setup(config: ml_collections.ConfigDict, mesh=None) -> TrainSetup:
+  """Model, mesh, optimizer, state shardings (replicated or FSDP) and the jitted step."""
+  model_config = models.get_config(config.model.name, **config.model.overrides.to_dict())
+  model = models.build(model_config)
+  mesh = mesh if mesh is not None else parallel.make_mesh()
+  if config.batch_size % mesh.size:
+    raise ValueError(f"config.batch_size={config.batch_size} is not divisible by the "
+                     f"{mesh.size} devices")
+  batch_sharding = parallel.batch_sharding(mesh)
+  tx, schedule = optim.create_optimizer(config.optimizer, config.total_steps)
+  init_fn = functools.partial(init_state, model, tx, config, model_config)
+  # Replicated state, or FSDP: parameters and optimizer moments split over the data axis.
+  shardings = parallel.state_shardings(jax.eval_shape(init_fn, jax.random.key(0)), mesh,
+                                       fsdp=config.get("fsdp", False))
+  init = jax.jit(init_fn, out_shardings=shardings)
+  step = jax.jit(
+      functools.partial(train_step, model=model, tx=tx, schedule=schedule,
+                        loss_fn=parallel.make_loss_fn(config.method, mesh), config=config),
+      in_shardings=(shardings, batch_sharding),
+      out_shardings=(shardings, parallel.replicated_sharding(mesh)), donate_argnums=(0,))
+  return TrainSetup(model_config, model, mesh, tx, schedule, shardings, batch_sharding,
+                    lambda seed: init(jax.random.key(seed)), step)
 
 
 class _Stop:
@@ -170,26 +205,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   config_lib.validate(config)
   os.makedirs(workdir, exist_ok=True)
   _write_config(config, workdir)
-  model_config = models.get_config(config.model.name, **config.model.overrides.to_dict())
-  model = models.build(model_config)
-  mesh = parallel.make_mesh()
-  if config.batch_size % mesh.size:
-    raise ValueError(f"config.batch_size={config.batch_size} is not divisible by the "
-                     f"{mesh.size} devices")
-  replicated = parallel.replicated_sharding(mesh)
-  batch_sharding = parallel.batch_sharding(mesh)
-  tx, schedule = optim.create_optimizer(config.optimizer, config.total_steps)
-
-  init_fn = functools.partial(init_state, model, tx, config, model_config)
-  # Replicated state, or FSDP: parameters and optimizer moments split over the data axis.
-  shardings = parallel.state_shardings(jax.eval_shape(init_fn, jax.random.key(0)), mesh,
-                                       fsdp=config.get("fsdp", False))
-  state = jax.jit(init_fn, out_shardings=shardings)(jax.random.key(config.seed))
-  step_fn = jax.jit(
-      functools.partial(train_step, model=model, tx=tx, schedule=schedule,
-                        loss_fn=parallel.make_loss_fn(config.method, mesh), config=config),
-      in_shardings=(shardings, batch_sharding), out_shardings=(shardings, replicated),
-      donate_argnums=(0,))
+  setup = create_train_setup(config)
+  model_config, model, mesh = setup.model_config, setup.model, setup.mesh
+  state, step_fn, batch_sharding = setup.init(config.seed), setup.step, setup.batch_sharding
 
   data = create_train_iterator(config, model_config)
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),

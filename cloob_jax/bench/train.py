@@ -9,7 +9,6 @@ PyTorch step for the same model and batch in the same run.
 """
 
 import argparse
-import functools
 import json
 import os
 import subprocess
@@ -66,7 +65,6 @@ def _time(fn, steps, warmup):
 def matmul_flops_per_sec(n=2048, dtype="float32"):
   """FLOP/s of an n x n x n matmul on this backend: the achievable peak to compare against."""
   import jax
-  import jax.numpy as jnp
   a = jax.random.normal(jax.random.key(0), (n, n), dtype)
   b = jax.random.normal(jax.random.key(1), (n, n), dtype)
   f = jax.jit(lambda a, b: a @ b)
@@ -77,25 +75,16 @@ def matmul_flops_per_sec(n=2048, dtype="float32"):
 def train_step_figures(config, steps, warmup):
   import jax
   import jax.numpy as jnp
-  from cloob_jax import models, optim, parallel, train
-  model_config = models.get_config(config.model.name, **config.model.overrides.to_dict())
-  model = models.build(model_config)
-  mesh = parallel.make_mesh()
-  replicated, batch_sharding = parallel.replicated_sharding(mesh), parallel.batch_sharding(mesh)
-  tx, schedule = optim.create_optimizer(config.optimizer, config.total_steps)
-  state = jax.jit(functools.partial(train.init_state, model, tx, config, model_config),
-                  out_shardings=replicated)(jax.random.key(0))
+  from cloob_jax import train
+  setup = train.create_train_setup(config)
+  model_config, mesh, step = setup.model_config, setup.mesh, setup.step
+  state = setup.init(0)
   size, context = model_config.vision.image_size, model_config.text.context_length
   b = config.batch_size
   batch = {
       "image": jax.random.randint(jax.random.key(1), (b, size, size, 3), 0, 256).astype(jnp.uint8),
       "tokens": jax.random.randint(jax.random.key(2), (b, context), 1, 49407).astype(jnp.int32)}
-  batch = jax.device_put(batch, batch_sharding)
-  step = jax.jit(functools.partial(train.train_step, model=model, tx=tx, schedule=schedule,
-                                   loss_fn=parallel.make_loss_fn(config.method, mesh),
-                                   config=config),
-                 in_shardings=(replicated, batch_sharding), out_shardings=(replicated, replicated),
-                 donate_argnums=(0,))
+  batch = jax.device_put(batch, setup.batch_sharding)
   t0 = time.perf_counter()
   compiled = step.lower(state, batch).compile()
   compile_s = time.perf_counter() - t0
