@@ -1,6 +1,8 @@
 """Config helpers: `:key=value` args for get_config, and validation before anything runs."""
 
 import difflib
+import importlib.util
+import os
 from typing import Any
 
 import ml_collections
@@ -69,3 +71,24 @@ def validate(config: ml_collections.ConfigDict) -> None:
                      f"below config.total_steps ({config.total_steps})")
   from cloob_jax import models  # late: keeps `configs/*.py` imports light
   models.get_config(config.model.name, **config.model.overrides.to_dict())
+
+
+def load_config_file(spec: str, **args) -> ml_collections.ConfigDict:
+  """'configs/demo.py[:a=1,b=2]' plus keyword args -> the file's get_config(merged args).
+
+  For notebooks and drivers that build configs outside absl's --config flag. An arg given
+  both in `spec` and as a keyword is refused rather than silently overridden.
+  """
+  path, _, given = spec.partition(":")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"config file {path!r} does not exist")
+  module_spec = importlib.util.spec_from_file_location(
+      "_config_" + os.path.splitext(os.path.basename(path))[0], path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  items = [item for item in given.split(",") if item]
+  clash = {item.partition("=")[0] for item in items} & set(args)
+  if clash:
+    raise ValueError(f"{spec!r} sets {sorted(clash)}, which the caller sets too")
+  items += [f"{k}={v}" for k, v in args.items()]
+  return module.get_config(",".join(items))

@@ -255,7 +255,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 f"data wait {100 * last['data_wait_fraction']:.0f}%  ETA {_format_eta(eta)}",
                 flush=True)
         window_start, wait, window_steps = time.time(), 0.0, 0
-      _run_evals(evaluators, state, step, config, writer, final=step == config.total_steps)
+      results = _run_evals(evaluators, state, step, config, writer,
+                           final=step == config.total_steps)
+      if results and step == config.total_steps and writer.active:
+        from cloob_jax import eval as eval_lib
+        print("\n" + eval_lib.markdown(results, title=f"Evaluation at step {step}"), flush=True)
       ckpt.save(step, state, data, force=step == config.total_steps)
       if stop.signal is not None:
         _check_finite(*pending)
@@ -287,11 +291,14 @@ def _build_evaluators(config, model, mesh):
     return {}
   from cloob_jax import evaluators
   from cloob_jax.evaluators import common
-  embedder = common.Embedder(model, batch_size=config.get("eval_batch_size", 256), mesh=mesh)
+  embedder = common.Embedder(model, batch_size=config.get("eval_batch_size", 256), mesh=mesh,
+                             progress=False)  # one line per eval, not progress bars in the log
   return evaluators.build_all(config.evals, embedder)
 
 
-def _run_evals(evaluators, state, step, config, writer, final):
+def _run_evals(evaluators, state, step, config, writer, final) -> dict[str, dict[str, float]]:
+  """Runs the evals due at `step`; -> {task: {metric: value}} of those that ran."""
+  table: dict[str, dict[str, float]] = {}
   for name, evaluator in evaluators.items():
     every = config.evals[name].get("log_steps", 0)
     if not (final or (every and step % every == 0)):
@@ -301,5 +308,9 @@ def _run_evals(evaluators, state, step, config, writer, final):
       variables["batch_stats"] = state["batch_stats"]
     results = dict(evaluator.run(variables))  # metric names come as 'name/metric' already
     writer.write(step, results)
-    if writer.active:
+    for metric, value in results.items():
+      task, _, key = metric.partition("/")
+      table.setdefault(task if key else name, {})[key or metric] = float(value)
+    if writer.active and not final:
       print("  ".join(f"{k} {v:.4f}" for k, v in results.items()), flush=True)
+  return table

@@ -45,6 +45,12 @@ def get_config(arg=None):
       lr=1e-3, b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.1,
       warmup_steps=max(1, min(100, arg.steps // 10)),
       schedule="cosine", restarts=0, clip_grad_norm=1.0))
+  # One clipping threshold for every method, in logit units: InfoLOOB and CLOOB divide their
+  # loss by s = 1/tau (CLOOB.md), so their gradients are s times smaller and the same
+  # threshold is s times smaller for them. Without this CLIP's large early gradients are
+  # clipped and InfoLOOB's are not, and Adam's second moment then holds InfoLOOB back.
+  if arg.method in ("infoloob", "cloob"):
+    config.optimizer.clip_grad_norm /= config.inv_tau
 
   config.log_every = 20
   config.checkpoint_every = 200

@@ -159,8 +159,6 @@ def test_render_objects_in_their_cells_with_their_colour():
   size = 64
   for i in range(30):
     scene = world.scene(i)
-    if S.BACKGROUNDS[scene.background] == "noisy":
-      continue
     empty = S.render(dataclasses.replace(scene, objects=()), size).astype(int)
     for o in scene.objects:
       alone = S.render(dataclasses.replace(scene, objects=(o,)), size).astype(int)

@@ -249,6 +249,11 @@ def test_demo_with_in_training_evals_then_eval_binary_on_the_workdir(tmp_path):
          f"--workdir={workdir}", "--config.log_every=2"]
   proc = subprocess.run(cmd, cwd=REPO, env=_env(8), capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stdout + proc.stderr
+  # The run ends with one table of every eval, then the paths it wrote.
+  table = proc.stdout[proc.stdout.index("## Evaluation at step 4"):]
+  for row in ("| colour |", "| heldout_combination |", "| retrieval |", "| embedding_analysis |"):
+    assert row in table, table
+  assert "image_effective_eigenvalues" in table and "Wrote " in table, table
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     rows = [json.loads(line) for line in f]
   evals = {k: v for r in rows for k, v in r.items() if "/" in k and not k.startswith("skipped")}

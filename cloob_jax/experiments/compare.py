@@ -1,0 +1,329 @@
+"""Trains several objectives with several seeds under one budget, evaluates and reports them.
+
+  python -m cloob_jax.experiments.compare --config=configs/demo.py --methods=clip,cloob \
+      --seeds=3 --workdir=DIR
+
+Each (method, seed) trains with `train.train_and_evaluate` in `DIR/<method>/seed<k>`, from the
+config file called with `method=<method>,seed=<k>` added to its `:args` (so the config must
+accept both), and nothing else differs between the runs. A run that finished is reused and a
+run that was interrupted resumes from its checkpoint, so re-running the same command after a
+crash or a Ctrl-C continues where it stopped. At the end it writes
+
+  DIR/report.md    final metrics per task and method as mean ± std over seeds, the number of
+                   seeds, the budget, the machine and the exact commands;
+  DIR/report.json  the same numbers, and every run's final metrics;
+  DIR/report.png   training-loss curves (mean and range over seeds) and per-task bars.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from typing import Any
+
+from absl import app
+from absl import flags
+import numpy as np
+
+_CONFIG = flags.DEFINE_string("config", None, "Config file, optionally with :args "
+                              "(it must accept method= and seed= args).")
+_METHODS = flags.DEFINE_list("methods", ["clip", "cloob"], "Objectives to compare.")
+_SEEDS = flags.DEFINE_integer("seeds", 3, "Seeds per method: 0 .. seeds-1.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for the runs and the report.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+DONE_FILE = "done.json"
+# The final metrics shown in the report's main table, in this order: (metric key, label).
+_ZEROSHOT_METRIC = "top1"
+_RETRIEVAL_METRICS = (("retrieval/image_to_text_recall@1", "image→text R@1"),
+                      ("retrieval/image_to_text_recall@5", "image→text R@5"),
+                      ("retrieval/text_to_image_recall@1", "text→image R@1"),
+                      ("retrieval/text_to_image_recall@5", "text→image R@5"))
+_ANALYSIS_METRICS = (("embedding_analysis/image_effective_eigenvalues", "image eff. eigenvalues"),
+                     ("embedding_analysis/text_effective_eigenvalues", "text eff. eigenvalues"),
+                     ("embedding_analysis/alignment", "alignment"),
+                     ("embedding_analysis/image_uniformity", "image uniformity"))
+
+
+def run_dir(workdir: str, method: str, seed: int) -> str:
+  return os.path.join(workdir, method, f"seed{seed}")
+
+
+def read_metrics(directory: str) -> list[dict[str, Any]]:
+  path = os.path.join(directory, "metrics.jsonl")
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def final_metrics(rows: list[dict[str, Any]], step: int) -> dict[str, float]:
+  """Every metric logged at `step` (training and evals), merged; later rows win."""
+  merged = {}
+  for row in rows:
+    if row["step"] == step:
+      merged.update({k: v for k, v in row.items() if k != "step"})
+  return merged
+
+
+def loss_curve(rows: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+  """(steps, losses) of the training log, one point per step (a resumed run repeats steps)."""
+  points = {row["step"]: row["loss"] for row in rows if "loss" in row}
+  steps = np.array(sorted(points))
+  return steps, np.array([points[s] for s in steps])
+
+
+def train_one(config, directory: str) -> dict[str, Any]:
+  """Trains (or resumes) one run; writes done.json with its final metrics and wall time."""
+  done = os.path.join(directory, DONE_FILE)
+  if os.path.exists(done):
+    with open(done) as f:
+      return json.load(f)
+  from cloob_jax import train
+  start = time.time()
+  train.train_and_evaluate(config, directory)
+  rows = read_metrics(directory)
+  result = {"method": config.method, "seed": config.seed, "total_steps": config.total_steps,
+            "wall_seconds_last_session": time.time() - start,
+            "metrics": final_metrics(rows, config.total_steps)}
+  tmp = done + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(result, f, indent=1)
+  os.replace(tmp, done)  # a run is 'done' only once its results are complete on disk
+  return result
+
+
+def task_names(config) -> list[str]:
+  """Zero-shot tasks of the config's evals, in the config's order."""
+  return [name for name, entry in config.evals.items()
+          if entry.get("type") == "zeroshot_classification"]
+
+
+def summarise(results: dict[str, list[dict[str, Any]]], tasks: list[str]):
+  """-> rows [(label, {method: (mean, std, n)})] of the report's table."""
+  keys = [(f"{t}/{_ZEROSHOT_METRIC}", f"zero-shot {t} (top-1)") for t in tasks]
+  keys += list(_RETRIEVAL_METRICS) + list(_ANALYSIS_METRICS) + [("loss", "final training loss")]
+  rows = []
+  for key, label in keys:
+    cells = {}
+    for method, runs in results.items():
+      values = np.array([r["metrics"][key] for r in runs if key in r["metrics"]], np.float64)
+      if values.size:
+        cells[method] = (values.mean(), values.std(ddof=1) if values.size > 1 else 0.0,
+                         values.size)
+    if cells:
+      rows.append((key, label, cells))
+  return rows
+
+
+def _is_fraction(key: str) -> bool:
+  return key.endswith(f"/{_ZEROSHOT_METRIC}") or key.startswith("retrieval/")
+
+
+def _cell(key: str, mean: float, std: float) -> str:
+  if _is_fraction(key):
+    return f"{100 * mean:.1f} ± {100 * std:.1f}"
+  return f"{mean:.3f} ± {std:.3f}"
+
+
+def markdown_report(config, config_spec: str, methods: list[str], seeds: int,
+                    results: dict[str, list[dict[str, Any]]], chance: dict[str, float],
+                    command: str) -> str:
+  tasks = task_names(config)
+  rows = summarise(results, tasks)
+  walls = [r["wall_seconds_last_session"] for runs in results.values() for r in runs]
+  lines = [
+      f"# {' vs '.join(m.upper() for m in methods)} on `{config_spec.partition(':')[0]}`",
+      "",
+      f"Mean ± standard deviation over **{seeds} seeds** (0..{seeds - 1}) per method; every run "
+      f"has the same budget: **{config.total_steps} steps of batch {config.batch_size}** "
+      f"({config.total_steps * config.batch_size:,} image-caption pairs), model "
+      f"`{config.model.name}` with the config's overrides, learning rate "
+      f"{config.optimizer.lr:g}, 1/τ = {config.inv_tau:g}"
+      f"{' (learnt)' if config.get('learn_inv_tau') else ' (fixed)'}, β = {config.beta:g} (CLOOB "
+      "and Hopfield-InfoNCE only). Only `method` and `seed` differ between runs.",
+      "",
+      "| metric | " + " | ".join(methods) + " | chance |",
+      "|---|" + "---:|" * (len(methods) + 1),
+  ]
+  for key, label, cells in rows:
+    best = None
+    if len(cells) > 1 and key != "loss":
+      means = {m: c[0] for m, c in cells.items()}
+      best = max(means, key=means.get)
+    row = []
+    for method in methods:
+      if method not in cells:
+        row.append("")
+        continue
+      mean, std, n = cells[method]
+      text = _cell(key, mean, std) + ("" if n == seeds else f" (n={n})")
+      row.append(f"**{text}**" if method == best else text)
+    task = key.partition("/")[0]
+    ch = f"{100 * chance[task]:.1f}" if key.endswith(f"/{_ZEROSHOT_METRIC}") and task in chance \
+        else ""
+    lines.append(f"| {label} | " + " | ".join(row) + f" | {ch} |")
+  lines += [
+      "",
+      "Accuracies and recalls in %; the best mean per row is bold. Losses of different "
+      "objectives are on different scales and are not compared. Effective eigenvalues: "
+      "exp(entropy) of the normalised eigenvalues of the embeddings' covariance (how many "
+      "directions the embeddings use, out of the embedding width).",
+      "",
+      "## Budget and machine",
+      "",
+      f"- Wall time per run: {min(walls) / 60:.1f}–{max(walls) / 60:.1f} min (training and "
+      "evaluation; a resumed run counts only its last session).",
+      f"- Machine: {platform.platform()}, {os.cpu_count()} CPU cores, Python "
+      f"{platform.python_version()}, jax {_version('jax')}, flax {_version('flax')}.",
+      "",
+      "## Commands",
+      "",
+      "The comparison (re-running it reuses finished runs and resumes interrupted ones):",
+      "",
+      "```bash",
+      command,
+      "```",
+      "",
+      "Each run on its own, the same training:",
+      "",
+      "```bash",
+  ]
+  path, _, given = config_spec.partition(":")
+  workdir = os.path.dirname(os.path.dirname(run_dir("DIR", methods[0], 0)))
+  for method in methods:
+    for seed in range(seeds):
+      args = ",".join([a for a in given.split(",") if a] + [f"method={method}", f"seed={seed}"])
+      lines.append(f"python -m cloob_jax.main --config={path}:{args} "
+                   f"--workdir={run_dir(workdir, method, seed)}")
+  lines += ["```", "", "![training curves and per-task accuracy](report.png)", ""]
+  return "\n".join(lines)
+
+
+def _version(package: str) -> str:
+  try:
+    from importlib import metadata
+    return metadata.version(package)
+  except Exception:  # pylint: disable=broad-except
+    return "?"
+
+
+def plot_report(path: str, config, methods: list[str], workdir: str, seeds: int,
+                results: dict[str, list[dict[str, Any]]], chance: dict[str, float]) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  tasks = task_names(config)
+  colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+  fig, axes = plt.subplots(1, len(methods) + 1, figsize=(4.2 * (len(methods) + 1) + 2, 3.8),
+                           gridspec_kw={"width_ratios": [1] * len(methods) + [2.2]})
+  for i, method in enumerate(methods):
+    ax = axes[i]
+    curves = [loss_curve(read_metrics(run_dir(workdir, method, s))) for s in range(seeds)]
+    curves = [c for c in curves if c[0].size]
+    if curves:
+      length = min(c[0].size for c in curves)
+      steps = curves[0][0][:length]
+      stacked = np.stack([c[1][:length] for c in curves])
+      ax.fill_between(steps, stacked.min(0), stacked.max(0), color=colours[i], alpha=0.25,
+                      linewidth=0)
+      ax.plot(steps, stacked.mean(0), color=colours[i], label=f"{method} (mean of {len(curves)})")
+    ax.set_title(f"{method}: training loss")
+    ax.set_xlabel("step")
+    ax.legend(loc="upper right", fontsize=8)
+    ax.grid(alpha=0.3)
+  ax = axes[-1]
+  width = 0.8 / len(methods)
+  x = np.arange(len(tasks))
+  for i, method in enumerate(methods):
+    values = [[r["metrics"].get(f"{t}/{_ZEROSHOT_METRIC}", np.nan) for r in results[method]]
+              for t in tasks]
+    means = 100 * np.array([np.mean(v) for v in values])
+    stds = 100 * np.array([np.std(v, ddof=1) if len(v) > 1 else 0.0 for v in values])
+    ax.bar(x + (i - (len(methods) - 1) / 2) * width, means, width, yerr=stds, capsize=3,
+           color=colours[i], label=method)
+  for j, t in enumerate(tasks):
+    ax.hlines(100 * chance.get(t, np.nan), j - 0.45, j + 0.45, colors="black",
+              linestyles="dashed", linewidth=1, label="chance" if j == 0 else None)
+  ax.set_xticks(x, [t.replace("heldout_combination", "held-out\ncombination") for t in tasks],
+                fontsize=8)
+  ax.set_ylabel("zero-shot top-1 accuracy (%)")
+  ax.set_ylim(0, 100)
+  ax.set_title(f"zero-shot accuracy after {config.total_steps} steps "
+               f"(mean ± std, {seeds} seeds)")
+  ax.legend(fontsize=8)
+  ax.grid(axis="y", alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def chance_levels(config) -> dict[str, float]:
+  from cloob_jax.data import synthetic
+  tasks = synthetic.zeroshot_tasks()
+  out = {}
+  for name, entry in config.evals.items():
+    if entry.get("type") == "zeroshot_classification":
+      task = entry.get("data", {}).get("task", name)
+      if task in tasks:
+        out[name] = tasks[task].chance
+  return out
+
+
+def compare(config_spec: str, methods: list[str], seeds: int, workdir: str,
+            command: str | None = None) -> dict[str, Any]:
+  """Runs (or reuses) every (method, seed) run, then writes report.{md,json,png}."""
+  from cloob_jax import config_lib
+  if seeds < 1:
+    raise ValueError(f"--seeds must be at least 1, got {seeds}")
+  for method in methods:
+    if method not in config_lib.METHODS:
+      raise ValueError(f"unknown method {method!r}; choose from {config_lib.METHODS}")
+  configs = {(m, s): config_lib.load_config_file(config_spec, method=m, seed=s)
+             for m in methods for s in range(seeds)}
+  for config in configs.values():  # refuse a bad config before the first run trains
+    config_lib.validate(config)
+  os.makedirs(workdir, exist_ok=True)
+  command = command or (f"python -m cloob_jax.experiments.compare --config={config_spec} "
+                        f"--methods={','.join(methods)} --seeds={seeds} --workdir={workdir}")
+  results: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
+  for (method, seed), config in configs.items():
+    directory = run_dir(workdir, method, seed)
+    reused = os.path.exists(os.path.join(directory, DONE_FILE))
+    print(f"=== {method}, seed {seed}: {'finished before, reused' if reused else 'training'} "
+          f"({directory})", flush=True)
+    results[method].append(train_one(config, directory))
+  first = configs[(methods[0], 0)]
+  chance = chance_levels(first)
+  report = markdown_report(first, config_spec, methods, seeds, results, chance, command)
+  with open(os.path.join(workdir, "report.md"), "w") as f:
+    f.write(report)
+  summary = {"methods": methods, "seeds": seeds, "config": config_spec,
+             "rows": {key: {m: dict(zip(("mean", "std", "n"), c)) for m, c in cells.items()}
+                      for key, _, cells in summarise(results, task_names(first))},
+             "runs": results}
+  with open(os.path.join(workdir, "report.json"), "w") as f:
+    json.dump(summary, f, indent=1)
+  plot_report(os.path.join(workdir, "report.png"), first, methods, workdir, seeds, results,
+              chance)
+  print(report, flush=True)
+  print(f"Wrote {os.path.join(workdir, 'report.md')}, {os.path.join(workdir, 'report.json')} "
+        f"and {os.path.join(workdir, 'report.png')}", flush=True)
+  return summary
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  command = "python -m cloob_jax.experiments.compare " + " ".join(
+      shlex.quote(a) for a in sys.argv[1:])
+  compare(_CONFIG.value, _METHODS.value, _SEEDS.value, _WORKDIR.value, command=command)
+
+
+if __name__ == "__main__":
+  app.run(main)
