@@ -8,6 +8,7 @@ import os
 
 from absl import app
 from absl import flags
+from absl import logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.",
@@ -40,6 +41,8 @@ def initialize_distributed():
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not flags.FLAGS["verbosity"].present:  # orbax and grain log every save at INFO
+    logging.set_verbosity(logging.WARNING)
   from cloob_jax import config_lib
   config_lib.validate(_CONFIG.value)  # before any device or data work
   initialize_distributed()

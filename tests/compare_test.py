@@ -71,3 +71,19 @@ def test_compare_refuses_bad_input_before_training(tmp_path):
   with pytest.raises(FileNotFoundError, match="nope.py"):
     config_lib.load_config_file("configs/nope.py")
   assert not os.listdir(tmp_path)
+
+
+def test_a_run_stopped_by_a_signal_is_not_marked_done(tmp_path, monkeypatch):
+  """SIGTERM makes train_and_evaluate save and return early; the run must stay resumable."""
+  from cloob_jax import train
+  config = config_lib.load_config_file(CONFIG, method="clip", seed=0)
+
+  def stopped_at_step_2(config, workdir):
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
+      f.write(json.dumps({"step": 2, "loss": 1.0}) + "\n")
+
+  monkeypatch.setattr(train, "train_and_evaluate", stopped_at_step_2)
+  directory = str(tmp_path / "run")
+  assert compare.train_one(config, directory) is None
+  assert not os.path.exists(os.path.join(directory, compare.DONE_FILE))

@@ -27,6 +27,7 @@ from typing import Any
 
 from absl import app
 from absl import flags
+from absl import logging
 import numpy as np
 
 _CONFIG = flags.DEFINE_string("config", None, "Config file, optionally with :args "
@@ -77,8 +78,11 @@ def loss_curve(rows: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
   return steps, np.array([points[s] for s in steps])
 
 
-def train_one(config, directory: str) -> dict[str, Any]:
-  """Trains (or resumes) one run; writes done.json with its final metrics and wall time."""
+def train_one(config, directory: str) -> dict[str, Any] | None:
+  """Trains (or resumes) one run; writes done.json with its final metrics and wall time.
+
+  Returns None when training stopped before the last step (a signal saved a checkpoint).
+  """
   done = os.path.join(directory, DONE_FILE)
   if os.path.exists(done):
     with open(done) as f:
@@ -87,6 +91,8 @@ def train_one(config, directory: str) -> dict[str, Any]:
   start = time.time()
   train.train_and_evaluate(config, directory)
   rows = read_metrics(directory)
+  if "loss" not in final_metrics(rows, config.total_steps):
+    return None  # stopped early (SIGTERM/SIGINT saved a checkpoint): not done, resume later
   result = {"method": config.method, "seed": config.seed, "total_steps": config.total_steps,
             "wall_seconds_last_session": time.time() - start,
             "metrics": final_metrics(rows, config.total_steps)}
@@ -276,7 +282,7 @@ def chance_levels(config) -> dict[str, float]:
 
 
 def compare(config_spec: str, methods: list[str], seeds: int, workdir: str,
-            command: str | None = None) -> dict[str, Any]:
+            command: str | None = None) -> dict[str, Any] | None:
   """Runs (or reuses) every (method, seed) run, then writes report.{md,json,png}."""
   from cloob_jax import config_lib
   if seeds < 1:
@@ -297,7 +303,12 @@ def compare(config_spec: str, methods: list[str], seeds: int, workdir: str,
     reused = os.path.exists(os.path.join(directory, DONE_FILE))
     print(f"=== {method}, seed {seed}: {'finished before, reused' if reused else 'training'} "
           f"({directory})", flush=True)
-    results[method].append(train_one(config, directory))
+    result = train_one(config, directory)
+    if result is None:
+      print(f"Stopped before {method}, seed {seed} finished; re-run the same command to resume. "
+            "No report written.", flush=True)
+      return None
+    results[method].append(result)
   first = configs[(methods[0], 0)]
   chance = chance_levels(first)
   report = markdown_report(first, config_spec, methods, seeds, results, chance, command)
@@ -320,6 +331,8 @@ def compare(config_spec: str, methods: list[str], seeds: int, workdir: str,
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not flags.FLAGS["verbosity"].present:  # orbax and grain log every save at INFO
+    logging.set_verbosity(logging.WARNING)
   command = "python -m cloob_jax.experiments.compare " + " ".join(
       shlex.quote(a) for a in sys.argv[1:])
   compare(_CONFIG.value, _METHODS.value, _SEEDS.value, _WORKDIR.value, command=command)
