@@ -157,8 +157,8 @@ def markdown_report(config, config_spec: str, methods: list[str], seeds: int,
       "|---|" + "---:|" * (len(methods) + 1),
   ]
   for key, label, cells in rows:
-    best = None
-    if len(cells) > 1 and key != "loss":
+    best = None  # bold only where higher is plainly better: accuracies and recalls
+    if len(cells) > 1 and _is_fraction(key):
       means = {m: c[0] for m, c in cells.items()}
       best = max(means, key=means.get)
     row = []
@@ -175,10 +175,23 @@ def markdown_report(config, config_spec: str, methods: list[str], seeds: int,
     lines.append(f"| {label} | " + " | ".join(row) + f" | {ch} |")
   lines += [
       "",
-      "Accuracies and recalls in %; the best mean per row is bold. Losses of different "
-      "objectives are on different scales and are not compared. Effective eigenvalues: "
-      "exp(entropy) of the normalised eigenvalues of the embeddings' covariance (how many "
-      "directions the embeddings use, out of the embedding width).",
+      "Accuracies and recalls in %; the best mean of each accuracy and recall row is bold. "
+      "Losses of different objectives are on different scales and are not compared. Effective "
+      "eigenvalues: how many eigenvalues of the embeddings' covariance make up 99% of its trace "
+      f"(out of the embedding width, {config.model.overrides.get('embed_dim', '?')}). Alignment "
+      "and uniformity (Wang & Isola): lower is more aligned / more uniform.",
+      "",
+      "Per run (zero-shot top-1, %):",
+      "",
+      "| method | seed | " + " | ".join(tasks) + " |",
+      "|---|---:|" + "---:|" * len(tasks),
+  ]
+  for method in methods:
+    for run in results[method]:
+      cells = [run["metrics"].get(f"{t}/{_ZEROSHOT_METRIC}") for t in tasks]
+      lines.append(f"| {method} | {run['seed']} | " + " | ".join(
+          "" if v is None else f"{100 * v:.1f}" for v in cells) + " |")
+  lines += [
       "",
       "## Budget and machine",
       "",
