@@ -272,3 +272,27 @@ def test_demo_with_in_training_evals_then_eval_binary_on_the_workdir(tmp_path):
   assert {"colour", "shape", "position", "count", "retrieval"} <= set(results)
   assert 0.0 <= results["colour"]["top1"] <= 1.0
   assert os.path.exists(output[:-len(".json")] + ".md")
+
+
+def test_demo_resnet_tower_trains_the_same_on_1_and_8_devices():
+  """The demo's own tower (RN-tiny, BatchNorm over the global batch), not the tests' tiny ViT:
+  three CLOOB steps give the same losses and batch statistics on 1 and 8 devices."""
+  config = _demo_config("steps=3,batch_size=16,evals=False")
+  assert config.model.name == "RN-tiny"
+  with config.unlocked():
+    config.model.overrides.vision.image_size = 32
+  rng = np.random.default_rng(0)
+  batches = [{"image": rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8),
+              "tokens": rng.integers(1, 400, (16, 32)).astype(np.int32)} for _ in range(3)]
+  runs = []
+  for devices in (1, 8):
+    setup = train.create_train_setup(config, mesh=parallel.make_mesh(devices))
+    state, losses_ = setup.init(0), []
+    for batch in batches:
+      state, metrics = setup.step(state, jax.device_put(batch, setup.batch_sharding))
+      losses_.append(float(metrics["loss"]))
+    runs.append((losses_, jax.tree.map(np.asarray, state["batch_stats"])))
+  assert all(np.isfinite(runs[0][0])) and runs[0][1]
+  np.testing.assert_allclose(runs[0][0], runs[1][0], rtol=1e-4)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5),
+               runs[0][1], runs[1][1])
