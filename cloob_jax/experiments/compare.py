@@ -213,12 +213,11 @@ def markdown_report(config, config_spec: str, methods: list[str], seeds: int,
       "```bash",
   ]
   path, _, given = config_spec.partition(":")
-  workdir = os.path.dirname(os.path.dirname(run_dir("DIR", methods[0], 0)))
   for method in methods:
     for seed in range(seeds):
       args = ",".join([a for a in given.split(",") if a] + [f"method={method}", f"seed={seed}"])
       lines.append(f"python -m cloob_jax.main --config={path}:{args} "
-                   f"--workdir={run_dir(workdir, method, seed)}")
+                   f"--workdir={run_dir('DIR', method, seed)}")
   lines += ["```", "", "![training curves and per-task accuracy](report.png)", ""]
   return "\n".join(lines)
 
