@@ -82,11 +82,7 @@ def evaluate(config, module, variables, *, mesh=None):
       logging.warning("skipping %s: %s", name, e)
   for name, evaluator in built.items():
     start = time.time()
-    for metric, value in evaluator.run(variables):
-      task, _, key = metric.partition("/")
-      if task != name or not key:  # a plug-in that names its own tasks
-        task, key = (name, metric) if not key else (task, key)
-      results.setdefault(task, {})[key] = float(value)
+    evaluators.add_metrics(results, name, evaluator.run(variables))
     logging.info("%s: %s (%.1f s)", name, results.get(name), time.time() - start)
   return results, skipped, built
 

@@ -298,6 +298,7 @@ def _build_evaluators(config, model, mesh):
 
 def _run_evals(evaluators, state, step, config, writer, final) -> dict[str, dict[str, float]]:
   """Runs the evals due at `step`; -> {task: {metric: value}} of those that ran."""
+  from cloob_jax.evaluators import common
   table: dict[str, dict[str, float]] = {}
   for name, evaluator in evaluators.items():
     every = config.evals[name].get("log_steps", 0)
@@ -308,9 +309,7 @@ def _run_evals(evaluators, state, step, config, writer, final) -> dict[str, dict
       variables["batch_stats"] = state["batch_stats"]
     results = dict(evaluator.run(variables))  # metric names come as 'name/metric' already
     writer.write(step, results)
-    for metric, value in results.items():
-      task, _, key = metric.partition("/")
-      table.setdefault(task if key else name, {})[key or metric] = float(value)
+    common.add_metrics(table, name, results.items())
     if writer.active and not final:
       print("  ".join(f"{k} {v:.4f}" for k, v in results.items()), flush=True)
   return table

@@ -23,6 +23,7 @@ from cloob_jax.evaluators import linear_probe  # noqa: F401
 from cloob_jax.evaluators import retrieval  # noqa: F401
 from cloob_jax.evaluators import zeroshot  # noqa: F401
 from cloob_jax.evaluators.common import Embedder
+from cloob_jax.evaluators.common import add_metrics
 from cloob_jax.evaluators.common import Evaluator
 from cloob_jax.evaluators.common import register
 from cloob_jax.evaluators.common import registered_types

@@ -57,6 +57,16 @@ def lookup(type_name: str) -> type["Evaluator"]:
   raise ValueError(f"unknown evaluator type {type_name!r}; known: {', '.join(registered_types())}")
 
 
+def add_metrics(table: dict[str, dict[str, float]], name: str, metrics) -> None:
+  """Files an evaluator's ('task/metric', value) pairs into table[task][metric].
+
+  A metric without a task prefix belongs to the evaluator's own entry, `name`.
+  """
+  for metric, value in metrics:
+    task, _, key = metric.partition("/")
+    table.setdefault(task if key else name, {})[key or metric] = float(value)
+
+
 class Evaluator(abc.ABC):
   """Base class. Subclasses take (name, embedder, **config kwargs) and implement `run`."""
   type_name = "?"
