@@ -110,9 +110,9 @@ def test_checkpoint_zero_shot_predictions_equal_open_clip(checkpoint, folder, tm
   with open(output) as f:
     written = json.load(f)
   assert written == results and set(written) == {"shapes"}
-  assert set(written["shapes"]) == {"top1", "mean_per_class_recall"}  # 3 classes: no top-5
+  assert set(written["shapes"]) == {"top1", "mean_per_class_recall", "class_cosine"}  # no top-5
   table = open(str(tmp_path / "out" / "shapes.md")).read()
-  assert "| shapes |" in table and "| task | top1 | mean_per_class_recall |" in table
+  assert "| shapes |" in table and "| task | top1 | mean_per_class_recall | class_cosine |" in table
   assert table in capsys.readouterr().out
 
   logits = _open_clip_predictions(model, files)
@@ -158,8 +158,8 @@ def test_workdir_with_the_synthetic_config(checkpoint, tmp_path, monkeypatch):
   assert list(results) == ["colour", "shape", "size", "position", "count",
                            "heldout_combination", "retrieval", "embedding_analysis",
                            "shape_probe"]
-  assert set(results["colour"]) == {"top1", "top5", "mean_per_class_recall"}
-  assert set(results["size"]) == {"top1", "mean_per_class_recall"}
+  assert set(results["colour"]) == {"top1", "top5", "mean_per_class_recall", "class_cosine"}
+  assert set(results["size"]) == {"top1", "mean_per_class_recall", "class_cosine"}
   assert results["retrieval"]["image_to_text_recall@10"] >= results["retrieval"][
       "image_to_text_recall@1"]
   assert 1 <= results["embedding_analysis"]["image_effective_eigenvalues"] <= 64
@@ -179,7 +179,7 @@ def test_paper_config_skips_what_is_not_located(checkpoint, tmp_path):
             "progress=false,write_predictions=true")
   results = _run_binary([f"--config={config}", f"--checkpoint={path}", f"--output={output}"])
   assert list(results) == ["gtsrb"]
-  assert set(results["gtsrb"]) == {"top1", "top5", "mean_per_class_recall"}
+  assert set(results["gtsrb"]) == {"top1", "top5", "mean_per_class_recall", "class_cosine"}
   table = open(str(tmp_path / "paper.md")).read()
   for key in ("imagenet", "imagenet_v2", "birdsnap", "country211", "flowers102", "ucf101",
               "cars"):

@@ -104,7 +104,8 @@ def test_zeroshot_metrics_match_hand_computed_values():
   evaluator = _zeroshot(embedder, labels)
   result = dict(evaluator.run({"params": 0}))
   assert result == pytest.approx({"animals/top1": 5 / 9, "animals/top5": 7 / 9,
-                                  "animals/mean_per_class_recall": 0.5})
+                                  "animals/mean_per_class_recall": 0.5,
+                                  "animals/class_cosine": 0.0}, abs=1e-6)
   np.testing.assert_array_equal(evaluator.predictions["labels"], labels)
   np.testing.assert_array_equal(evaluator.predictions["top5"][:, 0],
                                 [int(np.argmax(s)) for s in scores])
@@ -129,7 +130,17 @@ def test_perfectly_separable_zeroshot_scores_100_percent():
   labels = np.arange(30) % 6
   scores = np.eye(6)[labels] * 3 + 0.1 * rng.random((30, 6))
   result = dict(_zeroshot(_zeroshot_fixture(scores), labels, "sep").run({}))
-  assert result == {"sep/top1": 1.0, "sep/top5": 1.0, "sep/mean_per_class_recall": 1.0}
+  assert result == pytest.approx({"sep/top1": 1.0, "sep/top5": 1.0,
+                                  "sep/mean_per_class_recall": 1.0, "sep/class_cosine": 0.0},
+                                 abs=1e-6)
+
+
+def test_class_cosine_is_the_mean_over_distinct_class_pairs():
+  e = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 2.0]])  # cosines 1, 0, 0 between pairs
+  assert metrics.class_cosine(e) == pytest.approx(1 / 3)
+  assert metrics.class_cosine(np.ones((4, 3))) == pytest.approx(1.0)  # indistinguishable
+  with pytest.raises(ValueError, match="at least 2 classes"):
+    metrics.class_cosine(np.ones((1, 3)))
 
 
 def test_fewer_than_five_classes_have_no_top5():

@@ -73,6 +73,22 @@ def classification_metrics(topk: np.ndarray, labels: np.ndarray,
   return out
 
 
+def class_cosine(class_embeddings: np.ndarray) -> float:
+  """Mean cosine similarity between the embeddings of distinct classes.
+
+  For zero-shot classifiers (unit prompt-ensemble embeddings [num_classes, d]): near 1 the
+  text tower does not tell the class names apart, and the task sits at chance whatever the
+  image tower knows. Needs at least 2 classes.
+  """
+  e = np.asarray(class_embeddings, np.float64)
+  e = e / np.linalg.norm(e, axis=-1, keepdims=True)
+  n = e.shape[0]
+  if n < 2:
+    raise ValueError(f"class_cosine needs at least 2 classes, got {n}")
+  cos = e @ e.T
+  return float((cos.sum() - np.trace(cos)) / (n * (n - 1)))
+
+
 def retrieval_recalls(image_emb: np.ndarray, text_emb: np.ndarray, text_image: np.ndarray,
                       ks=(1, 5, 10)) -> dict[str, float]:
   """Image->text and text->image recall@k.
