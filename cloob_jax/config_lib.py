@@ -60,6 +60,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.data.source not in ("synthetic", "records"):
     raise ValueError(f"config.data.source={config.data.source!r}; choose 'synthetic' or "
                      "'records'")
+  if config.data.source == "synthetic" and config.data.get("caption_mention"):
+    from cloob_jax.data import synthetic  # late, as models below
+    try:
+      synthetic.caption_mention(config.data.caption_mention.to_dict())
+    except ValueError as e:
+      raise ValueError(f"config.data.caption_mention: {e}") from None
   if config.data.source == "records" and not config.data.data_dir:
     raise ValueError("config.data.source='records' needs config.data.data_dir (a directory "
                      "written by `python -m cloob_jax.data.convert`)")

@@ -38,7 +38,9 @@ MAX_LOG_INV_TAU = math.log(100.0)
 def create_source(config: ml_collections.ConfigDict, image_size: int):
   if config.data.source == "synthetic":
     from cloob_jax.data import synthetic
-    return synthetic.SyntheticWorld(split="train", seed=config.data.seed, image_size=image_size)
+    mention = config.data.get("caption_mention")
+    return synthetic.SyntheticWorld(split="train", seed=config.data.seed, image_size=image_size,
+                                    mention=mention.to_dict() if mention else None)
   return records.ImageTextSource(config.data.data_dir)
 
 

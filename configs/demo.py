@@ -7,6 +7,7 @@
 import ml_collections
 
 from cloob_jax import config_lib
+from cloob_jax.data import synthetic
 from cloob_jax.evaluators import suites
 
 
@@ -41,6 +42,10 @@ def get_config(arg=None):
   config.data.data_dir = ""
   config.data.seed = arg.seed
   config.data.num_workers = 0
+  # P(a training caption mentions each attribute): colour, shape, size, position, background,
+  # and 'all' (every object described rather than a subset). Try e.g.
+  # --config.data.caption_mention.colour=0.4 to see which features training picks up first.
+  config.data.caption_mention = ml_collections.ConfigDict(synthetic.CAPTION_MENTION)
 
   config.fsdp = False  # shard parameters and optimizer state over the data axis
   config.batch_size = arg.batch_size

@@ -154,6 +154,28 @@ def test_captions_are_true_and_varied():
     assert 0.1 * 750 < v < 0.95 * 750, (k, v)
 
 
+def test_caption_mention_steers_what_captions_say():
+  default = S.SyntheticWorld("train", seed=1)
+  assert S.SyntheticWorld("train", seed=1, mention=S.CAPTION_MENTION)[5]["caption"] == (
+      default[5]["caption"])  # the defaults are the world's own captions
+  never_colour = S.SyntheticWorld("train", seed=1, mention={"colour": 0.0, "position": 1.0})
+  colour_words = positions = 0
+  for i in range(200):
+    e = never_colour[i]
+    _check_caption(e["caption"], never_colour.scene(i))
+    np.testing.assert_array_equal(e["image"], default[i]["image"])  # only captions change
+    toks = set(words(e["caption"]))
+    colour_words += bool(toks & set(COLOUR_OF))
+    positions += bool(toks & {"left", "right", "top", "bottom", "centre", "center", "middle"})
+  assert colour_words == 0
+  assert positions > 0.5 * 200  # groups spread over rows and columns have no position phrase
+  assert "mention=" in repr(never_colour) and "mention=" not in repr(default)
+  with pytest.raises(ValueError, match="unknown attribute 'hue'"):
+    S.SyntheticWorld("train", mention={"hue": 0.5})
+  with pytest.raises(ValueError, match="shape=1.5 is not a probability"):
+    S.caption_mention({"shape": 1.5})
+
+
 def test_render_objects_in_their_cells_with_their_colour():
   world = S.SyntheticWorld("test", seed=2)
   size = 64

@@ -200,6 +200,18 @@ def test_bad_config_keys_are_refused_before_anything_runs(tmp_path):
   config.model.overrides.text.layer = 2
   with pytest.raises(ValueError, match="Did you mean 'layers'"):
     config_lib.validate(config)
+  config = _demo_config()
+  config.data.caption_mention.shape = 2.0
+  with pytest.raises(ValueError, match="caption_mention: .*shape=2.0 is not a probability"):
+    config_lib.validate(config)
+
+
+def test_caption_mention_reaches_the_training_source():
+  config = _demo_config()
+  config.data.caption_mention.colour = 0.0
+  config_lib.validate(config)
+  source = train.create_source(config, image_size=32)
+  assert source.mention["colour"] == 0.0 and source.mention["shape"] == 0.75
 
 
 def test_weight_decay_mask_follows_open_clip():

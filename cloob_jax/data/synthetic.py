@@ -14,6 +14,10 @@ middling, shape and position of small objects are harder, and a fixed set of
 colour-shape combinations (`HELDOUT_COMBOS`) never appears in the 'train' split,
 so zero-shot accuracy on them measures composition rather than memorisation.
 
+How often a caption mentions each attribute is `CAPTION_MENTION`, overridable per world
+(`SyntheticWorld(mention={'position': 0.6})`, or `--config.data.caption_mention.position=0.6`
+with configs/demo.py): the mix steers which features contrastive training picks up first.
+
 Splits (`SyntheticWorld(split=...)`):
   'train':   no object of any scene has a held-out colour-shape combination.
   'test':    every combination allowed; for retrieval and general evaluation.
@@ -55,7 +59,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -132,6 +136,22 @@ BACKGROUNDS = tuple(b[0] for b in _BACKGROUND_TABLE)
 MAX_OBJECTS = 3
 _NUM_OBJECTS_P = (0.4, 0.3, 0.3)  # P(1), P(2), P(3) objects in a split's scenes
 _GROUP_P = 0.35  # P(a multi-object scene repeats one colour-shape: "three red stars")
+# P(a caption mentions each attribute); 'all': P(it describes every object, not a subset).
+# A caption's mix steers what contrastive training learns first (`SyntheticWorld(mention=)`).
+CAPTION_MENTION = dict(colour=0.75, shape=0.75, size=0.3, position=0.35, background=0.2, all=0.65)
+_MENTION_DETAILED = dict(colour=1.0, shape=1.0, size=0.5, position=0.5, background=0.3, all=1.0)
+
+
+def caption_mention(overrides: Mapping[str, float] | None = None) -> dict[str, float]:
+  """CAPTION_MENTION with `overrides`; refuses unknown attributes and non-probabilities."""
+  mention = dict(CAPTION_MENTION)
+  for key, value in (overrides or {}).items():
+    if key not in mention:
+      raise ValueError(f"caption mention: unknown attribute {key!r}; known: {tuple(mention)}")
+    if not 0.0 <= float(value) <= 1.0:
+      raise ValueError(f"caption mention: {key}={value!r} is not a probability in [0, 1]")
+    mention[key] = float(value)
+  return mention
 
 # Never in 'train'. A 4-cycle over colours x shapes: each held-out colour and each
 # held-out shape occurs in exactly two of these, so on the heldout_combination task
@@ -461,17 +481,19 @@ def _phrase(d: _Draws, members: Sequence[SceneObject], mention: dict[str, bool])
   return f"{_article(body)} {body}"
 
 
-def caption(scene: Scene, rng: np.random.Generator | _Draws, detailed: bool = False) -> str:
+def caption(scene: Scene, rng: np.random.Generator | _Draws, detailed: bool = False,
+            mention: Mapping[str, float] | None = None) -> str:
   """A random, true description of a scene that mentions some of its attributes and objects.
 
   Objects are grouped by the attributes the caption mentions and every group is
   described with its exact size ("two blue shapes" means exactly two blue objects).
+  `mention` gives P(mentioned) per attribute (default CAPTION_MENTION; see caption_mention).
   With `detailed`, colour and shape of every object are always mentioned (for retrieval).
   """
   d = _draws(rng)
-  p = (1.0, 1.0, 0.5, 0.5, 0.3, 1.0) if detailed else (0.75, 0.75, 0.3, 0.35, 0.2, 0.65)
-  mention = {k: d.uniform() < pk for k, pk in
-             zip(("colour", "shape", "size", "position", "background", "all"), p)}
+  p = _MENTION_DETAILED if detailed else (mention or CAPTION_MENTION)
+  mention = {k: d.uniform() < p[k] for k in ("colour", "shape", "size", "position", "background",
+                                             "all")}
   groups: dict[tuple[Any, ...], list[SceneObject]] = {}
   for obj in scene.objects:
     key = (obj.colour if mention["colour"] else None, obj.shape if mention["shape"] else None,
@@ -548,9 +570,10 @@ class SyntheticWorld:
   """
 
   def __init__(self, split: str = "train", seed: int = 0, image_size: int = 64,
-               num_examples: int | None = None):
+               num_examples: int | None = None, mention: Mapping[str, float] | None = None):
     if split not in _SPLIT_IDS:
       raise ValueError(f"split must be one of {tuple(_SPLIT_IDS)}, got {split!r}")
+    self.mention = caption_mention(mention)
     self.split = split
     self.seed = int(seed)
     self.image_size = int(image_size)
@@ -561,8 +584,9 @@ class SyntheticWorld:
     return self.num_examples
 
   def __repr__(self) -> str:
+    mention = "" if self.mention == CAPTION_MENTION else f", mention={self.mention}"
     return (f"SyntheticWorld(split={self.split!r}, seed={self.seed}, "
-            f"image_size={self.image_size}, num_examples={self.num_examples})")
+            f"image_size={self.image_size}, num_examples={self.num_examples}{mention})")
 
   def _draws(self, index: int) -> _Draws:
     index = int(index)
@@ -582,7 +606,8 @@ class SyntheticWorld:
   def __getitem__(self, index: int) -> dict[str, Any]:
     d = self._draws(index)
     scene = self._scene(d)
-    example = {"image": render(scene, self.image_size), "caption": caption(scene, d)}
+    example = {"image": render(scene, self.image_size),
+               "caption": caption(scene, d, mention=self.mention)}
     example.update(scene_labels(scene))
     return example
 
