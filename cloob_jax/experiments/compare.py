@@ -112,7 +112,9 @@ def task_names(config) -> list[str]:
 def summarise(results: dict[str, list[dict[str, Any]]], tasks: list[str]):
   """-> rows [(label, {method: (mean, std, n)})] of the report's table."""
   keys = [(f"{t}/{_ZEROSHOT_METRIC}", f"zero-shot {t} (top-1)") for t in tasks]
-  keys += list(_RETRIEVAL_METRICS) + list(_ANALYSIS_METRICS) + [("loss", "final training loss")]
+  keys += list(_RETRIEVAL_METRICS) + list(_ANALYSIS_METRICS)
+  keys += [(f"{t}/class_cosine", f"class cosine, {t}") for t in tasks]
+  keys += [("loss", "final training loss")]
   rows = []
   for key, label in keys:
     cells = {}
@@ -179,7 +181,10 @@ def markdown_report(config, config_spec: str, methods: list[str], seeds: int,
       "Losses of different objectives are on different scales and are not compared. Effective "
       "eigenvalues: how many eigenvalues of the embeddings' covariance make up 99% of its trace "
       f"(out of the embedding width, {config.model.overrides.get('embed_dim', '?')}). Alignment "
-      "and uniformity (Wang & Isola): lower is more aligned / more uniform.",
+      "and uniformity (Wang & Isola): lower is more aligned / more uniform. Class cosine: the "
+      "mean cosine between the prompt-ensemble text embeddings of a task's distinct classes; "
+      "near 1 the text tower does not tell the class names apart, and the task stays at chance "
+      "whatever the image tower encodes.",
       "",
       "Per run (zero-shot top-1, %):",
       "",
