@@ -492,8 +492,7 @@ def caption(scene: Scene, rng: np.random.Generator | _Draws, detailed: bool = Fa
   """
   d = _draws(rng)
   p = _MENTION_DETAILED if detailed else (mention or CAPTION_MENTION)
-  mention = {k: d.uniform() < p[k] for k in ("colour", "shape", "size", "position", "background",
-                                             "all")}
+  mention = {k: d.uniform() < p[k] for k in CAPTION_MENTION}  # one draw each, in a fixed order
   groups: dict[tuple[Any, ...], list[SceneObject]] = {}
   for obj in scene.objects:
     key = (obj.colour if mention["colour"] else None, obj.shape if mention["shape"] else None,

@@ -7,7 +7,8 @@ Each class is embedded as the normalised mean of its normalised prompt embedding
 template filled with the class name); an image is assigned the class of highest cosine
 similarity. Yields top1, top5 (when there are at least 5 classes) and mean_per_class_recall,
 as fractions, and class_cosine: the mean cosine between distinct class embeddings, the text
-side's view of the task (near 1, the text tower cannot tell the class names apart). Class embeddings are computed once per (class names, templates) and model
+side's view of the task (near 1, the text tower cannot tell the class names apart). Class
+embeddings are computed once per (class names, templates) and model
 weights, and shared between evaluators through the embedder (ImageNet and ImageNet V2).
 """
 
