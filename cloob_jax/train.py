@@ -85,7 +85,7 @@ def train_step(state, batch, *, model, tx, schedule, loss_fn, config):
   updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
   params = optax.apply_updates(state["params"], updates)
   params["logit_scale"] = jnp.clip(params["logit_scale"], 0.0, MAX_LOG_INV_TAU)
-  metrics = {"loss": loss, "inv_tau": inv_tau, "grad_norm": optax.global_norm(grads),
+  metrics = {"loss": loss, "inv_tau": inv_tau, "grad_norm": optax.tree.norm(grads),
              "learning_rate": schedule(state["step"])}
   new_state = {"step": state["step"] + 1, "params": params, "batch_stats": batch_stats,
                "opt_state": opt_state}
