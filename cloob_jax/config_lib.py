@@ -46,6 +46,36 @@ def _suggest(key: str, known) -> str:
   return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+def apply_override(config: ml_collections.ConfigDict, item: str) -> None:
+  """'data.caption_mention.colour=0.4' -> sets that existing field, typed like its value.
+
+  What `--config.KEY=VALUE` does for `cloob_jax.main`, for drivers that build several
+  configs from one file (`experiments.compare`). Unknown keys are refused with the closest
+  known one; only bool, int, float and str fields can be set.
+  """
+  key, sep, value = item.partition("=")
+  if not sep or not key:
+    raise ValueError(f"config override {item!r} is not KEY=VALUE")
+  parts = key.split(".")
+  node = config
+  for depth, part in enumerate(parts):
+    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+      known = node.keys() if isinstance(node, ml_collections.ConfigDict) else ()
+      raise KeyError(f"config override {key!r}: the config has no field "
+                     f"{'.'.join(parts[:depth + 1])!r}{_suggest(part, known)}")
+    if depth < len(parts) - 1:
+      node = node[part]
+  old = node[parts[-1]]
+  if isinstance(old, ml_collections.ConfigDict) or not isinstance(old, (bool, int, float, str)):
+    raise ValueError(f"config override {key!r}: only bool, int, float and str fields can be "
+                     f"set this way; this one holds a {type(old).__name__}")
+  try:
+    node[parts[-1]] = _typed(value, old, key)
+  except ValueError as e:
+    raise ValueError(f"config override {key}={value!r}: expected type "
+                     f"{type(old).__name__} ({e})") from None
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Refuses a config that cannot train, naming the key, before any compile or data read."""
   if config.method not in METHODS:

@@ -69,6 +69,18 @@ def test_compare_refuses_bad_input_before_training(tmp_path):
     compare.compare(CONFIG, ["clip", "clop"], 1, str(tmp_path))
   with pytest.raises(ValueError, match="sets \\['method'\\]"):
     compare.compare("configs/demo.py:method=clip", ["clip"], 1, str(tmp_path))
+  with pytest.raises(KeyError, match="no field 'data.caption_mentoin'.*'caption_mention'"):
+    compare.compare(CONFIG, ["clip"], 1, str(tmp_path),
+                    overrides=["data.caption_mentoin.colour=0.4"])
+  with pytest.raises(ValueError, match="colour=1.5 is not a probability"):
+    compare.compare(CONFIG, ["clip"], 1, str(tmp_path),
+                    overrides=["data.caption_mention.colour=1.5"])
+  with pytest.raises(ValueError, match="batch_size='sixteen': expected type int"):
+    compare.compare(CONFIG, ["clip"], 1, str(tmp_path), overrides=["batch_size=sixteen"])
+  with pytest.raises(ValueError, match="only bool, int, float and str .* ConfigDict"):
+    compare.compare(CONFIG, ["clip"], 1, str(tmp_path), overrides=["model.overrides=x"])
+  with pytest.raises(ValueError, match="'lr' is not KEY=VALUE"):
+    compare.compare(CONFIG, ["clip"], 1, str(tmp_path), overrides=["lr"])
   with pytest.raises(FileNotFoundError, match="nope.py"):
     config_lib.load_config_file("configs/nope.py")
   assert not os.listdir(tmp_path)
@@ -88,3 +100,38 @@ def test_a_run_stopped_by_a_signal_is_not_marked_done(tmp_path, monkeypatch):
   directory = str(tmp_path / "run")
   assert compare.train_one(config, directory) is None
   assert not os.path.exists(os.path.join(directory, compare.DONE_FILE))
+
+
+def test_config_overrides_reach_every_run_and_a_changed_config_is_refused(tmp_path):
+  """`--config.KEY=VALUE` as for cloob_jax.main: applied to every run alike, written into the
+  report's commands; re-running on that workdir with other overrides is refused untouched."""
+  workdir = str(tmp_path / "cmp")
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+  cmd = [sys.executable, "-m", "cloob_jax.experiments.compare", f"--config={CONFIG}",
+         "--methods=clip", "--seeds=1", f"--workdir={workdir}",
+         "--config.data.caption_mention.colour=0.0", "--config.optimizer.lr=0.002"]
+  proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+  with open(os.path.join(workdir, "clip", "seed0", "config.json")) as f:
+    cfg = json.load(f)
+  assert cfg["data"]["caption_mention"]["colour"] == 0.0 and cfg["optimizer"]["lr"] == 0.002
+  with open(os.path.join(workdir, "report.md")) as f:
+    report = f.read()
+  assert "learning rate 0.002" in report, report
+  assert ("--workdir=DIR/clip/seed0 --config.data.caption_mention.colour=0.0 "
+          "--config.optimizer.lr=0.002") in report, report
+  assert "--config.data.caption_mention.colour=0.0 --config.optimizer.lr=0.002" in \
+      report.split("## Commands")[1].split("Each run")[0], report
+  with open(os.path.join(workdir, "report.json")) as f:
+    assert json.load(f)["overrides"] == ["data.caption_mention.colour=0.0", "optimizer.lr=0.002"]
+
+  # The same workdir under another caption mix: refused before anything trains or is rewritten.
+  before = {name: os.path.getmtime(os.path.join(workdir, name))
+            for name in ("report.md", "clip/seed0/metrics.jsonl")}
+  proc = subprocess.run(cmd[:-2] + ["--config.data.caption_mention.colour=0.5"], cwd=REPO,
+                        env=env, capture_output=True, text=True, timeout=900)
+  assert proc.returncode != 0
+  assert "clip/seed0 was trained with a different config (data.caption_mention.colour: " \
+         "0.0 -> 0.5)" in proc.stderr, proc.stderr[-4000:]
+  assert before == {name: os.path.getmtime(os.path.join(workdir, name)) for name in before}

@@ -1,13 +1,16 @@
 """Trains several objectives with several seeds under one budget, evaluates and reports them.
 
   python -m cloob_jax.experiments.compare --config=configs/demo.py --methods=clip,cloob \
-      --seeds=3 --workdir=DIR
+      --seeds=3 --workdir=DIR [--config.KEY=VALUE ...]
 
 Each (method, seed) trains with `train.train_and_evaluate` in `DIR/<method>/seed<k>`, from the
 config file called with `method=<method>,seed=<k>` added to its `:args` (so the config must
-accept both), and nothing else differs between the runs. A run that finished is reused and a
-run that was interrupted resumes from its checkpoint, so re-running the same command after a
-crash or a Ctrl-C continues where it stopped. At the end it writes
+accept both), and nothing else differs between the runs. `--config.KEY=VALUE` overrides a field
+of every run's config alike, as it does for `cloob_jax.main` (e.g.
+`--config.data.caption_mention.colour=0.4`). A run that finished is reused and a run that was
+interrupted resumes from its checkpoint, so re-running the same command after a crash or a
+Ctrl-C continues where it stopped; a run directory written under a different config (other
+overrides, an edited config file) is refused rather than mixed in. At the end it writes
 
   DIR/report.md    final metrics per task and method as mean ± std over seeds, the number of
                    seeds, the budget, the machine and the exact commands;
@@ -23,7 +26,7 @@ import platform
 import shlex
 import sys
 import time
-from typing import Any
+from typing import Any, Sequence
 
 from absl import app
 from absl import flags
@@ -36,6 +39,8 @@ _METHODS = flags.DEFINE_list("methods", ["clip", "cloob"], "Objectives to compar
 _SEEDS = flags.DEFINE_integer("seeds", 3, "Seeds per method: 0 .. seeds-1.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for the runs and the report.")
 flags.mark_flags_as_required(["config", "workdir"])
+_OVERRIDE_PREFIX = "--config."  # --config.KEY=VALUE, taken out of argv before absl parses it
+_overrides: list[str] = []
 
 DONE_FILE = "done.json"
 # The final metrics shown in the report's main table, in this order: (metric key, label).
@@ -103,6 +108,40 @@ def train_one(config, directory: str) -> dict[str, Any] | None:
   return result
 
 
+def _override_args(overrides: Sequence[str]) -> str:
+  """' --config.KEY=VALUE ...' for a shell command line ('' without overrides)."""
+  return "".join(" " + shlex.quote(_OVERRIDE_PREFIX + item) for item in overrides)
+
+
+def config_difference(old: Any, new: Any, prefix: str = "") -> str | None:
+  """The first field where two JSON-like configs differ, as 'key: old -> new', or None."""
+  if isinstance(old, dict) and isinstance(new, dict):
+    for key in sorted(set(old) | set(new)):
+      name = f"{prefix}.{key}" if prefix else key
+      if key not in old or key not in new:
+        return f"{name}: {'missing' if key not in old else old[key]!r} -> " \
+               f"{'missing' if key not in new else new[key]!r}"
+      found = config_difference(old[key], new[key], name)
+      if found:
+        return found
+    return None
+  return None if old == new else f"{prefix}: {old!r} -> {new!r}"
+
+
+def check_same_config(config, directory: str) -> None:
+  """Refuses to reuse or resume a run directory that was trained with a different config."""
+  path = os.path.join(directory, "config.json")
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    old = json.load(f)
+  found = config_difference(old, json.loads(config.to_json_best_effort()))
+  if found:
+    raise ValueError(f"{directory} was trained with a different config ({found}); re-run with "
+                     "the same config file, args and --config overrides, or use another "
+                     "--workdir")
+
+
 def task_names(config) -> list[str]:
   """Zero-shot tasks of the config's evals, in the config's order."""
   return [name for name, entry in config.evals.items()
@@ -140,7 +179,7 @@ def _cell(key: str, mean: float, std: float) -> str:
 
 def markdown_report(config, config_spec: str, methods: list[str], seeds: int,
                     results: dict[str, list[dict[str, Any]]], chance: dict[str, float],
-                    command: str) -> str:
+                    command: str, overrides: Sequence[str] = ()) -> str:
   tasks = task_names(config)
   rows = summarise(results, tasks)
   walls = [r["wall_seconds_last_session"] for runs in results.values() for r in runs]
@@ -153,7 +192,9 @@ def markdown_report(config, config_spec: str, methods: list[str], seeds: int,
       f"`{config.model.name}` with the config's overrides, learning rate "
       f"{config.optimizer.lr:g}, 1/τ = {config.inv_tau:g}"
       f"{' (learnt)' if config.get('learn_inv_tau') else ' (fixed)'}, β = {config.beta:g} (CLOOB "
-      "and Hopfield-InfoNCE only). Only `method` and `seed` differ between runs.",
+      "and Hopfield-InfoNCE only). Only `method` and `seed` differ between runs."
+      + (" Config overrides of every run: " + ", ".join(f"`{o}`" for o in overrides) + "."
+         if overrides else ""),
       "",
       "| metric | " + " | ".join(methods) + " | chance |",
       "|---|" + "---:|" * (len(methods) + 1),
@@ -222,7 +263,8 @@ def markdown_report(config, config_spec: str, methods: list[str], seeds: int,
     for seed in range(seeds):
       args = ",".join([a for a in given.split(",") if a] + [f"method={method}", f"seed={seed}"])
       lines.append(f"python -m cloob_jax.main --config={path}:{args} "
-                   f"--workdir={run_dir('DIR', method, seed)}")
+                   f"--workdir={run_dir('DIR', method, seed)}"
+                   + _override_args(overrides))
   lines += ["```", "", "![training curves and per-task accuracy](report.png)", ""]
   return "\n".join(lines)
 
@@ -299,8 +341,12 @@ def chance_levels(config) -> dict[str, float]:
 
 
 def compare(config_spec: str, methods: list[str], seeds: int, workdir: str,
-            command: str | None = None) -> dict[str, Any] | None:
-  """Runs (or reuses) every (method, seed) run, then writes report.{md,json,png}."""
+            command: str | None = None, overrides: Sequence[str] = ()
+            ) -> dict[str, Any] | None:
+  """Runs (or reuses) every (method, seed) run, then writes report.{md,json,png}.
+
+  `overrides`: 'KEY=VALUE' items applied to every run's config (`config_lib.apply_override`).
+  """
   from cloob_jax import config_lib
   if seeds < 1:
     raise ValueError(f"--seeds must be at least 1, got {seeds}")
@@ -309,11 +355,15 @@ def compare(config_spec: str, methods: list[str], seeds: int, workdir: str,
       raise ValueError(f"unknown method {method!r}; choose from {config_lib.METHODS}")
   configs = {(m, s): config_lib.load_config_file(config_spec, method=m, seed=s)
              for m in methods for s in range(seeds)}
-  for config in configs.values():  # refuse a bad config before the first run trains
+  for (method, seed), config in configs.items():  # refuse bad input before the first run
+    for item in overrides:
+      config_lib.apply_override(config, item)
     config_lib.validate(config)
+    check_same_config(config, run_dir(workdir, method, seed))
   os.makedirs(workdir, exist_ok=True)
   command = command or (f"python -m cloob_jax.experiments.compare --config={config_spec} "
-                        f"--methods={','.join(methods)} --seeds={seeds} --workdir={workdir}")
+                        f"--methods={','.join(methods)} --seeds={seeds} --workdir={workdir}"
+                        + _override_args(overrides))
   results: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
   for (method, seed), config in configs.items():
     directory = run_dir(workdir, method, seed)
@@ -328,10 +378,12 @@ def compare(config_spec: str, methods: list[str], seeds: int, workdir: str,
     results[method].append(result)
   first = configs[(methods[0], 0)]
   chance = chance_levels(first)
-  report = markdown_report(first, config_spec, methods, seeds, results, chance, command)
+  report = markdown_report(first, config_spec, methods, seeds, results, chance, command,
+                           overrides)
   with open(os.path.join(workdir, "report.md"), "w") as f:
     f.write(report)
   summary = {"methods": methods, "seeds": seeds, "config": config_spec,
+             "overrides": list(overrides),
              "rows": {key: {m: dict(zip(("mean", "std", "n"), c)) for m, c in cells.items()}
                       for key, _, cells in summarise(results, task_names(first))},
              "runs": results}
@@ -352,8 +404,16 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   command = "python -m cloob_jax.experiments.compare " + " ".join(
       shlex.quote(a) for a in sys.argv[1:])
-  compare(_CONFIG.value, _METHODS.value, _SEEDS.value, _WORKDIR.value, command=command)
+  compare(_CONFIG.value, _METHODS.value, _SEEDS.value, _WORKDIR.value, command=command,
+          overrides=_overrides)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's parser, after taking `--config.KEY=VALUE` items out of argv (absl knows only
+  `--config`, a plain string here: each run calls the config file with its own args)."""
+  _overrides[:] = [a[len(_OVERRIDE_PREFIX):] for a in argv[1:] if a.startswith(_OVERRIDE_PREFIX)]
+  return flags.FLAGS([a for a in argv if not a.startswith(_OVERRIDE_PREFIX)])
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)
