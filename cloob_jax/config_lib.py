@@ -66,7 +66,7 @@ def apply_override(config: ml_collections.ConfigDict, item: str) -> None:
     if depth < len(parts) - 1:
       node = node[part]
   old = node[parts[-1]]
-  if isinstance(old, ml_collections.ConfigDict) or not isinstance(old, (bool, int, float, str)):
+  if not isinstance(old, (bool, int, float, str)):
     raise ValueError(f"config override {key!r}: only bool, int, float and str fields can be "
                      f"set this way; this one holds a {type(old).__name__}")
   try:
