@@ -128,3 +128,18 @@ def load_config_file(spec: str, **args) -> ml_collections.ConfigDict:
     raise ValueError(f"{spec!r} sets {sorted(clash)}, which the caller sets too")
   items += [f"{k}={v}" for k, v in args.items()]
   return module.get_config(",".join(items))
+
+
+def config_differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+  """Fields where two JSON-like configs (nested dicts) differ, as 'key: old -> new', sorted."""
+  if isinstance(old, dict) and isinstance(new, dict):
+    found = []
+    for key in sorted(set(old) | set(new)):
+      name = f"{prefix}.{key}" if prefix else key
+      if key not in old or key not in new:
+        found.append(f"{name}: {'missing' if key not in old else repr(old[key])} -> "
+                     f"{'missing' if key not in new else repr(new[key])}")
+      else:
+        found += config_differences(old[key], new[key], name)
+    return found
+  return [] if old == new else [f"{prefix}: {old!r} -> {new!r}"]

@@ -197,9 +197,33 @@ def _format_eta(seconds: float) -> str:
 
 
 def _write_config(config, workdir):
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+  """Writes workdir/config.json. A workdir resumed under a changed config keeps the old file as
+  config.K.json (K = 1, 2, ...) and the differences are printed, not silently overwritten."""
+  if jax.process_index() != 0:
+    return
+  path = os.path.join(workdir, "config.json")
+  text = config.to_json_best_effort(indent=2, sort_keys=True)
+  if os.path.exists(path):
+    with open(path) as f:
+      old_text = f.read()
+    try:
+      changes = config_lib.config_differences(json.loads(old_text), json.loads(text))
+    except json.JSONDecodeError:
+      changes = [f"{path} is not valid JSON"]
+    if changes:
+      k = 1
+      while os.path.exists(os.path.join(workdir, f"config.{k}.json")):
+        k += 1
+      kept = os.path.join(workdir, f"config.{k}.json")
+      os.replace(path, kept)
+      message = (f"{workdir} was written under a different config; the old one is kept as "
+                 f"{kept}. Changed: " + "; ".join(changes[:10])
+                 + (f"; and {len(changes) - 10} more" if len(changes) > 10 else ""))
+      logging.warning(message)
+      print("WARNING: " + message, flush=True)
+  with open(path + ".tmp", "w") as f:  # never a half-written config.json
+    f.write(text)
+  os.replace(path + ".tmp", path)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:

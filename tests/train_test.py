@@ -206,6 +206,22 @@ def test_bad_config_keys_are_refused_before_anything_runs(tmp_path):
     config_lib.validate(config)
 
 
+def test_resuming_under_a_changed_config_keeps_the_old_config_and_names_the_change(
+    tmp_path, capsys):
+  config = _demo_config()
+  train._write_config(config, str(tmp_path))
+  train._write_config(config, str(tmp_path))  # an unchanged resume: nothing kept, no warning
+  assert sorted(os.listdir(tmp_path)) == ["config.json"] and "WARNING" not in capsys.readouterr().out
+  for steps in (9, 12):
+    config.total_steps = steps
+    train._write_config(config, str(tmp_path))
+  out = capsys.readouterr().out
+  assert f"total_steps: {STEPS} -> 9" in out and "total_steps: 9 -> 12" in out
+  assert str(tmp_path / "config.2.json") in out
+  read = lambda name: json.loads((tmp_path / name).read_text())["total_steps"]
+  assert [read("config.1.json"), read("config.2.json"), read("config.json")] == [STEPS, 9, 12]
+
+
 def test_caption_mention_reaches_the_training_source():
   config = _demo_config()
   config.data.caption_mention.colour = 0.0

@@ -33,6 +33,8 @@ from absl import flags
 from absl import logging
 import numpy as np
 
+from cloob_jax import config_lib
+
 _CONFIG = flags.DEFINE_string("config", None, "Config file, optionally with :args "
                               "(it must accept method= and seed= args).")
 _METHODS = flags.DEFINE_list("methods", ["clip", "cloob"], "Objectives to compare.")
@@ -113,21 +115,6 @@ def _override_args(overrides: Sequence[str]) -> str:
   return "".join(" " + shlex.quote(_OVERRIDE_PREFIX + item) for item in overrides)
 
 
-def config_difference(old: Any, new: Any, prefix: str = "") -> str | None:
-  """The first field where two JSON-like configs differ, as 'key: old -> new', or None."""
-  if isinstance(old, dict) and isinstance(new, dict):
-    for key in sorted(set(old) | set(new)):
-      name = f"{prefix}.{key}" if prefix else key
-      if key not in old or key not in new:
-        return f"{name}: {'missing' if key not in old else old[key]!r} -> " \
-               f"{'missing' if key not in new else new[key]!r}"
-      found = config_difference(old[key], new[key], name)
-      if found:
-        return found
-    return None
-  return None if old == new else f"{prefix}: {old!r} -> {new!r}"
-
-
 def check_same_config(config, directory: str) -> None:
   """Refuses to reuse or resume a run directory that was trained with a different config."""
   path = os.path.join(directory, "config.json")
@@ -135,9 +122,9 @@ def check_same_config(config, directory: str) -> None:
     return
   with open(path) as f:
     old = json.load(f)
-  found = config_difference(old, json.loads(config.to_json_best_effort()))
+  found = config_lib.config_differences(old, json.loads(config.to_json_best_effort()))
   if found:
-    raise ValueError(f"{directory} was trained with a different config ({found}); re-run with "
+    raise ValueError(f"{directory} was trained with a different config ({found[0]}); re-run with "
                      "the same config file, args and --config overrides, or use another "
                      "--workdir")
 
@@ -347,7 +334,6 @@ def compare(config_spec: str, methods: list[str], seeds: int, workdir: str,
 
   `overrides`: 'KEY=VALUE' items applied to every run's config (`config_lib.apply_override`).
   """
-  from cloob_jax import config_lib
   if seeds < 1:
     raise ValueError(f"--seeds must be at least 1, got {seeds}")
   for method in methods:
