@@ -63,6 +63,17 @@ def init_state(model, tx, config, model_config, rng):
           "batch_stats": variables.get("batch_stats", {}), "opt_state": tx.init(params)}
 
 
+def mean_cosine(embeddings: jax.Array) -> jax.Array:
+  """Mean cosine between distinct rows of L2-normalised [n, d] embeddings (the global batch).
+
+  (|sum of rows|^2 - n) / (n (n - 1)): no n x n matrix. Near 1 the embeddings have collapsed
+  onto one direction; random directions in d dimensions give about 0.
+  """
+  n = embeddings.shape[0]
+  total = jnp.sum(embeddings.astype(jnp.float32), axis=0)
+  return (jnp.sum(total * total) - n) / (n * (n - 1))
+
+
 def train_step(state, batch, *, model, tx, schedule, loss_fn, config):
   """One optimizer step on a global batch {'image': uint8 [B,S,S,3], 'tokens': int32 [B,L]}."""
   images = transforms.normalize(batch["image"])
@@ -78,15 +89,16 @@ def train_step(state, batch, *, model, tx, schedule, loss_fn, config):
       log_inv_tau = jax.lax.stop_gradient(log_inv_tau)
     inv_tau = jnp.exp(jnp.clip(log_inv_tau, 0.0, MAX_LOG_INV_TAU))
     loss = loss_fn(img, txt, inv_tau, config.beta)
-    return loss, (updates.get("batch_stats", {}), inv_tau)
+    return loss, (updates.get("batch_stats", {}), inv_tau, mean_cosine(img), mean_cosine(txt))
 
-  (loss, (batch_stats, inv_tau)), grads = jax.value_and_grad(compute_loss, has_aux=True)(
-      state["params"])
+  (loss, (batch_stats, inv_tau, image_cos, text_cos)), grads = jax.value_and_grad(
+      compute_loss, has_aux=True)(state["params"])
   updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
   params = optax.apply_updates(state["params"], updates)
   params["logit_scale"] = jnp.clip(params["logit_scale"], 0.0, MAX_LOG_INV_TAU)
   metrics = {"loss": loss, "inv_tau": inv_tau, "grad_norm": optax.tree.norm(grads),
-             "learning_rate": schedule(state["step"])}
+             "learning_rate": schedule(state["step"]), "image_mean_cosine": image_cos,
+             "text_mean_cosine": text_cos}
   new_state = {"step": state["step"] + 1, "params": params, "batch_stats": batch_stats,
                "opt_state": opt_state}
   return new_state, metrics
@@ -277,6 +289,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           eta = (config.total_steps - step) / max(last["steps_per_sec"], 1e-9)
           print(f"step {step}/{config.total_steps}  loss {last['loss']:.4f}  "
                 f"lr {last['learning_rate']:.2e}  1/tau {last['inv_tau']:.1f}  "
+                f"cos img {last['image_mean_cosine']:.2f} txt {last['text_mean_cosine']:.2f}  "
                 f"{last['steps_per_sec']:.2f} steps/s  {last['examples_per_sec']:.0f} ex/s  "
                 f"data wait {100 * last['data_wait_fraction']:.0f}%  ETA {_format_eta(eta)}",
                 flush=True)

@@ -36,6 +36,7 @@ def test_compare_writes_a_report_and_reuses_finished_runs(tmp_path):
   assert "**2 seeds**" in report and "4 steps of batch 16" in report, report
   assert "| zero-shot colour (top-1) |" in report and "| image eff. eigenvalues |" in report
   assert "| class cosine, shape |" in report, report
+  assert "| mean cosine in the last batch, captions |" in report, report
   assert "python -m cloob_jax.main --config=configs/demo.py:tiny=True,steps=4,batch_size=16," \
          "method=cloob,seed=1 --workdir=" in report, report
   with open(os.path.join(workdir, "report.json")) as f:

@@ -63,10 +63,10 @@ def _main(workdir, *extra, devices=8, wait=True):
   return proc.returncode, out
 
 
-def _losses(workdir):
+def _losses(workdir, key="loss"):
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     rows = [json.loads(line) for line in f]
-  return {r["step"]: r["loss"] for r in rows if "loss" in r}
+  return {r["step"]: r[key] for r in rows if key in r}
 
 
 def _last_step(workdir):
@@ -100,8 +100,9 @@ def test_demo_run_writes_the_workdir_contract(reference_run):
   with open(os.path.join(reference_run, "metrics.jsonl")) as f:
     row = json.loads(f.readline())
   for key in ("step", "loss", "learning_rate", "examples_per_sec", "inv_tau",
-              "data_wait_fraction", "skipped/corrupt"):
+              "data_wait_fraction", "skipped/corrupt", "image_mean_cosine", "text_mean_cosine"):
     assert key in row
+  assert -1 <= row["image_mean_cosine"] <= 1 and -1 <= row["text_mean_cosine"] <= 1
   assert os.listdir(os.path.join(reference_run, "tensorboard"))
   assert checkpoint.Checkpointer(os.path.join(reference_run, "checkpoints"), every=1,
                                  keep=1).latest_step() == STEPS
@@ -126,6 +127,21 @@ def test_one_device_and_two_processes_match_eight_devices(reference_run, tmp_pat
     assert sorted(other) == list(range(1, STEPS + 1))
     for step in range(1, STEPS + 1):
       assert abs(other[step] - ref[step]) <= 1e-5 * abs(ref[step]), (step, other[step], ref[step])
+  # The batch's mean cosine is a sum over the whole (sharded) global batch.
+  for key in ("image_mean_cosine", "text_mean_cosine"):
+    ref = _losses(reference_run, key)
+    for other in (_losses(one, key), _losses(two, key)):
+      assert sorted(other) == sorted(ref) and all(
+          abs(other[s] - ref[s]) <= 1e-4 for s in ref), (key, other, ref)
+
+
+def test_mean_cosine_is_the_mean_over_distinct_pairs():
+  x = np.random.default_rng(0).normal(size=(12, 5)).astype(np.float32)
+  x /= np.linalg.norm(x, axis=1, keepdims=True)
+  gram = x @ x.T
+  assert float(train.mean_cosine(jnp.asarray(x))) == pytest.approx(
+      gram[~np.eye(12, dtype=bool)].mean(), abs=1e-6)
+  assert float(train.mean_cosine(jnp.ones((4, 3)) / np.sqrt(3))) == pytest.approx(1.0)
 
 
 def test_fsdp_shards_parameters_and_matches_replicated_training(reference_run, tmp_path):

@@ -15,7 +15,8 @@ overrides, an edited config file) is refused rather than mixed in. At the end it
   DIR/report.md    final metrics per task and method as mean ± std over seeds, the number of
                    seeds, the budget, the machine and the exact commands;
   DIR/report.json  the same numbers, and every run's final metrics;
-  DIR/report.png   training-loss curves (mean and range over seeds) and per-task bars.
+  DIR/report.png   training-loss curves (mean and range over seeds), the mean cosine within
+                   a training batch (collapse) and per-task bars.
 """
 
 from __future__ import annotations
@@ -78,11 +79,23 @@ def final_metrics(rows: list[dict[str, Any]], step: int) -> dict[str, float]:
   return merged
 
 
-def loss_curve(rows: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
-  """(steps, losses) of the training log, one point per step (a resumed run repeats steps)."""
-  points = {row["step"]: row["loss"] for row in rows if "loss" in row}
+def metric_curve(rows: list[dict[str, Any]], key: str = "loss") -> tuple[np.ndarray, np.ndarray]:
+  """(steps, values of `key`) of the training log, one point per step (a resumed run repeats
+  steps)."""
+  points = {row["step"]: row[key] for row in rows if key in row}
   steps = np.array(sorted(points))
   return steps, np.array([points[s] for s in steps])
+
+
+def seed_curves(workdir: str, method: str, seeds: int, key: str = "loss"):
+  """(steps, [runs, steps] values) of `key` over the seeds that logged it, cut to the shortest;
+  None when none did."""
+  curves = [metric_curve(read_metrics(run_dir(workdir, method, s)), key) for s in range(seeds)]
+  curves = [c for c in curves if c[0].size]
+  if not curves:
+    return None
+  length = min(c[0].size for c in curves)
+  return curves[0][0][:length], np.stack([c[1][:length] for c in curves])
 
 
 def train_one(config, directory: str) -> dict[str, Any] | None:
@@ -140,7 +153,9 @@ def summarise(results: dict[str, list[dict[str, Any]]], tasks: list[str]):
   keys = [(f"{t}/{_ZEROSHOT_METRIC}", f"zero-shot {t} (top-1)") for t in tasks]
   keys += list(_RETRIEVAL_METRICS) + list(_ANALYSIS_METRICS)
   keys += [(f"{t}/class_cosine", f"class cosine, {t}") for t in tasks]
-  keys += [("loss", "final training loss")]
+  keys += [("loss", "final training loss"),
+           ("image_mean_cosine", "mean cosine in the last batch, images"),
+           ("text_mean_cosine", "mean cosine in the last batch, captions")]
   rows = []
   for key, label in keys:
     cells = {}
@@ -212,7 +227,9 @@ def markdown_report(config, config_spec: str, methods: list[str], seeds: int,
       "and uniformity (Wang & Isola): lower is more aligned / more uniform. Class cosine: the "
       "mean cosine between the prompt-ensemble text embeddings of a task's distinct classes; "
       "near 1 the text tower does not tell the class names apart, and the task stays at chance "
-      "whatever the image tower encodes.",
+      "whatever the image tower encodes. Mean cosine in a batch: between the distinct image (or "
+      "caption) embeddings of a training batch; near 1 that tower has collapsed onto one "
+      "direction (the plot shows it over training).",
       "",
       "Per run (zero-shot top-1, %):",
       "",
@@ -272,23 +289,35 @@ def plot_report(path: str, config, methods: list[str], workdir: str, seeds: int,
 
   tasks = task_names(config)
   colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-  fig, axes = plt.subplots(1, len(methods) + 1, figsize=(4.2 * (len(methods) + 1) + 2, 3.8),
-                           gridspec_kw={"width_ratios": [1] * len(methods) + [2.2]})
+  fig, axes = plt.subplots(1, len(methods) + 2, figsize=(4.2 * (len(methods) + 2) + 2, 3.8),
+                           gridspec_kw={"width_ratios": [1] * (len(methods) + 1) + [2.2]})
   for i, method in enumerate(methods):
     ax = axes[i]
-    curves = [loss_curve(read_metrics(run_dir(workdir, method, s))) for s in range(seeds)]
-    curves = [c for c in curves if c[0].size]
-    if curves:
-      length = min(c[0].size for c in curves)
-      steps = curves[0][0][:length]
-      stacked = np.stack([c[1][:length] for c in curves])
+    found = seed_curves(workdir, method, seeds)
+    if found:
+      steps, stacked = found
       ax.fill_between(steps, stacked.min(0), stacked.max(0), color=colours[i], alpha=0.25,
                       linewidth=0)
-      ax.plot(steps, stacked.mean(0), color=colours[i], label=f"{method} (mean of {len(curves)})")
+      ax.plot(steps, stacked.mean(0), color=colours[i],
+              label=f"{method} (mean of {len(stacked)})")
     ax.set_title(f"{method}: training loss")
     ax.set_xlabel("step")
     ax.legend(loc="upper right", fontsize=8)
     ax.grid(alpha=0.3)
+  # Collapse: the mean cosine between distinct embeddings of a training batch (near 1: every
+  # image, or every caption, is embedded in the same direction).
+  ax = axes[len(methods)]
+  for i, method in enumerate(methods):
+    for key, style, side in (("text_mean_cosine", "-", "text"), ("image_mean_cosine", "--",
+                                                                   "image")):
+      found = seed_curves(workdir, method, seeds, key)
+      if found:
+        ax.plot(found[0], found[1].mean(0), style, color=colours[i], label=f"{method}, {side}")
+  ax.set_title("mean cosine within a batch")
+  ax.set_xlabel("step")
+  ax.set_ylim(-0.05, 1.05)
+  ax.legend(loc="lower right", fontsize=8)
+  ax.grid(alpha=0.3)
   ax = axes[-1]
   width = 0.8 / len(methods)
   x = np.arange(len(tasks))
