@@ -63,7 +63,7 @@ def _main(workdir, *extra, devices=8, wait=True):
   return proc.returncode, out
 
 
-def _losses(workdir, key="loss"):
+def _series(workdir, key="loss"):
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     rows = [json.loads(line) for line in f]
   return {r["step"]: r[key] for r in rows if key in r}
@@ -106,7 +106,7 @@ def test_demo_run_writes_the_workdir_contract(reference_run):
   assert os.listdir(os.path.join(reference_run, "tensorboard"))
   assert checkpoint.Checkpointer(os.path.join(reference_run, "checkpoints"), every=1,
                                  keep=1).latest_step() == STEPS
-  loss = _losses(reference_run)
+  loss = _series(reference_run)
   assert np.mean([loss[s] for s in range(STEPS - 4, STEPS + 1)]) < np.mean(
       [loss[s] for s in range(1, 6)])
 
@@ -122,15 +122,15 @@ def test_one_device_and_two_processes_match_eight_devices(reference_run, tmp_pat
                          f"--workdir={two}", *FLAGS], cwd=REPO, env=env, capture_output=True,
                         text=True, timeout=600)
   assert proc.returncode == 0, proc.stdout + proc.stderr
-  ref = _losses(reference_run)
-  for other in (_losses(one), _losses(two)):
+  ref = _series(reference_run)
+  for other in (_series(one), _series(two)):
     assert sorted(other) == list(range(1, STEPS + 1))
     for step in range(1, STEPS + 1):
       assert abs(other[step] - ref[step]) <= 1e-5 * abs(ref[step]), (step, other[step], ref[step])
   # The batch's mean cosine is a sum over the whole (sharded) global batch.
   for key in ("image_mean_cosine", "text_mean_cosine"):
-    ref = _losses(reference_run, key)
-    for other in (_losses(one, key), _losses(two, key)):
+    ref = _series(reference_run, key)
+    for other in (_series(one, key), _series(two, key)):
       assert sorted(other) == sorted(ref) and all(
           abs(other[s] - ref[s]) <= 1e-4 for s in ref), (key, other, ref)
 
@@ -158,7 +158,7 @@ def test_fsdp_shards_parameters_and_matches_replicated_training(reference_run, t
   workdir = str(tmp_path / "fsdp")
   code, out = _main(workdir, "--config.fsdp=True")
   assert code == 0, out
-  ref, fsdp = _losses(reference_run), _losses(workdir)
+  ref, fsdp = _series(reference_run), _series(workdir)
   for step in range(1, STEPS + 1):
     assert abs(fsdp[step] - ref[step]) <= 1e-5 * abs(ref[step]), (step, fsdp[step], ref[step])
 
