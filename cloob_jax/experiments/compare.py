@@ -87,10 +87,10 @@ def metric_curve(rows: list[dict[str, Any]], key: str = "loss") -> tuple[np.ndar
   return steps, np.array([points[s] for s in steps])
 
 
-def seed_curves(workdir: str, method: str, seeds: int, key: str = "loss"):
-  """(steps, [runs, steps] values) of `key` over the seeds that logged it, cut to the shortest;
-  None when none did."""
-  curves = [metric_curve(read_metrics(run_dir(workdir, method, s)), key) for s in range(seeds)]
+def seed_curves(logs: list[list[dict[str, Any]]], key: str = "loss"):
+  """(steps, [runs, steps] values) of `key` over the runs' training logs that have it, cut to
+  the shortest; None when none has."""
+  curves = [metric_curve(rows, key) for rows in logs]
   curves = [c for c in curves if c[0].size]
   if not curves:
     return None
@@ -291,9 +291,10 @@ def plot_report(path: str, config, methods: list[str], workdir: str, seeds: int,
   colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
   fig, axes = plt.subplots(1, len(methods) + 2, figsize=(4.2 * (len(methods) + 2) + 2, 3.8),
                            gridspec_kw={"width_ratios": [1] * (len(methods) + 1) + [2.2]})
+  logs = {m: [read_metrics(run_dir(workdir, m, s)) for s in range(seeds)] for m in methods}
   for i, method in enumerate(methods):
     ax = axes[i]
-    found = seed_curves(workdir, method, seeds)
+    found = seed_curves(logs[method])
     if found:
       steps, stacked = found
       ax.fill_between(steps, stacked.min(0), stacked.max(0), color=colours[i], alpha=0.25,
@@ -310,7 +311,7 @@ def plot_report(path: str, config, methods: list[str], workdir: str, seeds: int,
   for i, method in enumerate(methods):
     for key, style, side in (("text_mean_cosine", "-", "text"), ("image_mean_cosine", "--",
                                                                    "image")):
-      found = seed_curves(workdir, method, seeds, key)
+      found = seed_curves(logs[method], key)
       if found:
         ax.plot(found[0], found[1].mean(0), style, color=colours[i], label=f"{method}, {side}")
   ax.set_title("mean cosine within a batch")
