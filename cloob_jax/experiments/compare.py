@@ -180,10 +180,10 @@ def _cell(key: str, mean: float, std: float) -> str:
 
 
 def markdown_report(config, config_spec: str, methods: list[str], seeds: int,
-                    results: dict[str, list[dict[str, Any]]], chance: dict[str, float],
+                    results: dict[str, list[dict[str, Any]]], rows, chance: dict[str, float],
                     command: str, overrides: Sequence[str] = ()) -> str:
+  """`rows`: summarise(results, task_names(config)), the table shared with report.json."""
   tasks = task_names(config)
-  rows = summarise(results, tasks)
   walls = [r["wall_seconds_last_session"] for runs in results.values() for r in runs]
   lines = [
       f"# {' vs '.join(m.upper() for m in methods)} on `{config_spec.partition(':')[0]}`",
@@ -394,14 +394,15 @@ def compare(config_spec: str, methods: list[str], seeds: int, workdir: str,
     results[method].append(result)
   first = configs[(methods[0], 0)]
   chance = chance_levels(first)
-  report = markdown_report(first, config_spec, methods, seeds, results, chance, command,
+  rows = summarise(results, task_names(first))
+  report = markdown_report(first, config_spec, methods, seeds, results, rows, chance, command,
                            overrides)
   with open(os.path.join(workdir, "report.md"), "w") as f:
     f.write(report)
   summary = {"methods": methods, "seeds": seeds, "config": config_spec,
              "overrides": list(overrides),
              "rows": {key: {m: dict(zip(("mean", "std", "n"), c)) for m, c in cells.items()}
-                      for key, _, cells in summarise(results, task_names(first))},
+                      for key, _, cells in rows},
              "runs": results}
   with open(os.path.join(workdir, "report.json"), "w") as f:
     json.dump(summary, f, indent=1)
