@@ -118,6 +118,7 @@ def test_one_device_and_two_processes_match_eight_devices(reference_run, tmp_pat
   two = str(tmp_path / "two_processes")
   env = _env(None)
   env["PORT"] = str(20000 + random.randrange(20000))
+  env["PYTHON"] = sys.executable  # this interpreter, whatever `python` is on PATH
   proc = subprocess.run(["bash", "launch/local_multiprocess.sh", "2", "2", f"--config={CONFIG}",
                          f"--workdir={two}", *FLAGS], cwd=REPO, env=env, capture_output=True,
                         text=True, timeout=600)
