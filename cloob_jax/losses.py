@@ -144,6 +144,9 @@ _ROW_SUMS = {
 }
 _NEEDS_BETA = frozenset({'cloob', 'hopfield_infonce'})
 METHODS = tuple(_ROW_SUMS)
+# Objectives whose loss is divided by s = 1/tau (the reference code's scaling): their gradients
+# are s times smaller than in logit units.
+DIVIDED_BY_INV_TAU = frozenset({'infoloob', 'cloob'})
 
 
 def get_row_sum(method: str) -> Callable[..., jax.Array]:

@@ -127,7 +127,9 @@ def create_train_setup(config: ml_collections.ConfigDict, mesh=None) -> TrainSet
     raise ValueError(f"config.batch_size={config.batch_size} is not divisible by the "
                      f"{mesh.size} devices")
   batch_sharding = parallel.batch_sharding(mesh)
-  tx, schedule = optim.create_optimizer(config.optimizer, config.total_steps)
+  tx, schedule = optim.create_optimizer(
+      config.optimizer, config.total_steps,
+      optim.clip_threshold(config.optimizer, config.method, config.inv_tau))
   init_fn = functools.partial(init_state, model, tx, config, model_config)
   # Replicated state, or FSDP: parameters and optimizer moments split over the data axis.
   shardings = parallel.state_shardings(jax.eval_shape(init_fn, jax.random.key(0)), mesh,

@@ -53,13 +53,13 @@ def get_config(arg=None):
   config.optimizer = ml_collections.ConfigDict(dict(
       lr=1e-3, b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.1,
       warmup_steps=max(1, min(100, arg.steps // 10)),
-      schedule="cosine", restarts=0, clip_grad_norm=1.0))
+      schedule="cosine", restarts=0, clip_grad_norm=1.0, clip_in_logit_units=True))
   # One clipping threshold for every method, in logit units: InfoLOOB and CLOOB divide their
-  # loss by s = 1/tau (CLOOB.md), so their gradients are s times smaller and the same
-  # threshold is s times smaller for them. Without this CLIP's large early gradients are
-  # clipped and InfoLOOB's are not, and Adam's second moment then holds InfoLOOB back.
-  if arg.method in ("infoloob", "cloob"):
-    config.optimizer.clip_grad_norm /= config.inv_tau
+  # loss by s = 1/tau (CLOOB.md), so their gradients are s times smaller and training clips
+  # them at clip_grad_norm / s (`optim.clip_threshold`, from the final config, so
+  # --config.method and --config.inv_tau overrides keep it right). Without this CLIP's large
+  # early gradients are clipped and InfoLOOB's are not, and Adam's second moment then holds
+  # InfoLOOB back.
 
   config.log_every = 20
   config.checkpoint_every = 200

@@ -16,7 +16,9 @@ import time
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
+import optax
 import pytest
 
 from cloob_jax import checkpoint
@@ -262,6 +264,34 @@ def test_weight_decay_mask_follows_open_clip():
               "['visual']['ln_pre']['scale']", "['text']['ln_final']['bias']",
               "['text']['transformer']['resblocks_0']['mlp']['c_fc']['bias']"):
     assert not flat[key], key
+
+
+def test_clipping_threshold_is_in_logit_units_after_overrides():
+  # The demo config's method is CLOOB; `--config.method` and `--config.inv_tau` overrides are
+  # applied after the config file, and the threshold must follow them.
+  config = _demo_config()
+  assert config.method == "cloob" and config.inv_tau == 30.0
+  threshold = lambda: optim.clip_threshold(config.optimizer, config.method, config.inv_tau)
+  for method, expected in (("clip", 1.0), ("hopfield_infonce", 1.0), ("infoloob", 1 / 30),
+                           ("cloob", 1 / 30)):
+    config_lib.apply_override(config, f"method={method}")
+    assert threshold() == pytest.approx(expected), method
+  config_lib.apply_override(config, "inv_tau=10.0")
+  assert threshold() == pytest.approx(0.1)
+  config_lib.apply_override(config, "optimizer.clip_in_logit_units=False")
+  assert threshold() == 1.0
+  # The optimizer clips at the threshold it is given: with a huge Adam eps the first update is
+  # -lr * g / eps, linear in the (clipped) gradient.
+  opt = ml_collections.ConfigDict(dict(
+      lr=1.0, b1=0.9, b2=0.98, eps=1e6, weight_decay=0.0, warmup_steps=0,
+      schedule="constant", restarts=0, clip_grad_norm=1.0))
+  grads = {"w": jnp.full((4,), 5.0)}  # global norm 10
+  norms = []
+  for clip in (None, 0.1, 0.0):
+    tx, _ = optim.create_optimizer(opt, 10, clip)
+    update, _ = tx.update(grads, tx.init(grads), grads)
+    norms.append(float(optax.tree.norm(update)) * 1e6)
+  assert norms == pytest.approx([1.0, 0.1, 10.0], rel=1e-3)  # config's 1.0, 0.1, unclipped
 
 
 def test_cloob_step_loss_equals_losses_cloob_on_the_global_batch():
