@@ -246,7 +246,9 @@ def test_caption_mention_reaches_the_training_source():
   config.data.caption_mention.colour = 0.0
   config_lib.validate(config)
   source = train.create_source(config, image_size=32)
-  assert source.mention["colour"] == 0.0 and source.mention["shape"] == 0.75
+  # Every attribute's odds come from the config: the override and the demo's own choices.
+  assert source.mention == config.data.caption_mention.to_dict()
+  assert source.mention["colour"] == 0.0 and source.mention["shape"] == 1.0
 
 
 def test_weight_decay_mask_follows_open_clip():
