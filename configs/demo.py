@@ -44,13 +44,14 @@ def get_config(arg=None):
   config.data.num_workers = 0
   # P(a training caption mentions each attribute): colour, shape, size, position, background,
   # and 'all' (every object described rather than a subset). The demo's captions name the
-  # colour and shape of every object; size, position and background keep the world's alt-text
-  # odds. With the world's own mix (synthetic.CAPTION_MENTION: colour and shape 0.75, all 0.65)
-  # many captions fit several images of a batch, and CLOOB collapsed onto one direction on one
-  # seed in three (README). Try e.g. --config.data.caption_mention.colour=0.4 to see which
-  # features training picks up first.
+  # colour and shape of every object, and most (0.9) say where each one is; size and
+  # background keep the world's alt-text odds. With the world's own mix
+  # (synthetic.CAPTION_MENTION: colour and shape 0.75, position 0.35, all 0.65) many captions
+  # fit several images of a batch, CLOOB collapsed onto one direction on one seed in three,
+  # and neither method learnt position (README). Try e.g.
+  # --config.data.caption_mention.colour=0.4 to see which features training picks up first.
   config.data.caption_mention = ml_collections.ConfigDict(
-      dict(synthetic.CAPTION_MENTION, colour=1.0, shape=1.0, all=1.0))
+      dict(synthetic.CAPTION_MENTION, colour=1.0, shape=1.0, position=0.9, all=1.0))
 
   config.fsdp = False  # shard parameters and optimizer state over the data axis
   config.batch_size = arg.batch_size
