@@ -43,8 +43,9 @@ def clip_threshold(config: ml_collections.ConfigDict, method: str, inv_tau: floa
 
   With `clip_in_logit_units`, `clip_grad_norm` is one threshold for every method: InfoLOOB and
   CLOOB divide their loss by s = inv_tau (CLOOB.md), so their gradients are s times smaller
-  and their threshold is `clip_grad_norm / inv_tau` (the initial inv_tau when it is learnt).
-  Otherwise `clip_grad_norm` is used as it is. 0 means no clipping.
+  and their threshold is `clip_grad_norm / inv_tau`. Otherwise `clip_grad_norm` is used as it
+  is. 0 means no clipping. (A learnt s moves during training: `gradient_clipping` then divides
+  by the current s at every step.)
   """
   threshold = float(config.get("clip_grad_norm", 0.0))
   if config.get("clip_in_logit_units", False) and method in losses.DIVIDED_BY_INV_TAU:
@@ -52,19 +53,55 @@ def clip_threshold(config: ml_collections.ConfigDict, method: str, inv_tau: floa
   return threshold
 
 
-def create_optimizer(config: ml_collections.ConfigDict, total_steps: int,
-                     clip_grad_norm: float | None = None):
-  """-> (optax.GradientTransformation, schedule) for `config.optimizer`.
+def clip_by_global_norm_over_inv_tau(max_norm: float,
+                                     max_log_inv_tau: float) -> optax.GradientTransformation:
+  """Global-norm clipping at `max_norm / s`, s = exp(params['logit_scale']) of this step.
 
-  `clip_grad_norm`: the threshold in the loss's units (`clip_threshold`); by default
-  `config.clip_grad_norm` as it is.
+  For a loss divided by a learnt s (InfoLOOB, CLOOB): its gradients shrink and grow with s, so
+  a threshold fixed at the initial s would clip too much or too little as s moves. The log
+  scale is clipped to [0, max_log_inv_tau], as the loss clips it. Stateless, like
+  optax.clip_by_global_norm, so checkpoints are the same either way.
+  """
+
+  def update_fn(updates, state, params=None):
+    if params is None or "logit_scale" not in params:
+      raise ValueError("clipping in units of a learnt 1/tau needs the params, with "
+                       "'logit_scale', passed to update")
+    inv_tau = jnp.exp(jnp.clip(jax.lax.stop_gradient(params["logit_scale"]), 0.0,
+                               max_log_inv_tau))
+    threshold = max_norm / inv_tau
+    norm = optax.tree.norm(updates)
+    scale = jnp.where(norm < threshold, 1.0, threshold / norm)
+    return jax.tree.map(lambda g: (g * scale).astype(g.dtype), updates), state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+
+
+def gradient_clipping(config: ml_collections.ConfigDict,
+                      max_log_inv_tau: float) -> optax.GradientTransformation | None:
+  """The gradient clipping of a training config (its optimizer, method and temperature).
+
+  None (no clipping) when `optimizer.clip_grad_norm` is 0; otherwise global-norm clipping at
+  `clip_threshold`, which in logit units follows a learnt temperature step by step.
+  """
+  opt = config.optimizer
+  if not opt.get("clip_grad_norm", 0.0):
+    return None
+  if (opt.get("clip_in_logit_units", False) and config.method in losses.DIVIDED_BY_INV_TAU
+      and config.get("learn_inv_tau", False)):
+    return clip_by_global_norm_over_inv_tau(float(opt.clip_grad_norm), max_log_inv_tau)
+  return optax.clip_by_global_norm(clip_threshold(opt, config.method, config.inv_tau))
+
+
+def create_optimizer(config: ml_collections.ConfigDict, total_steps: int,
+                     clipping: optax.GradientTransformation | None):
+  """-> (optax.GradientTransformation, schedule): `clipping`, then AdamW on `config`'s schedule.
+
+  `config` is the optimizer config; `clipping` comes from `gradient_clipping` (None: no
+  clipping), so that no caller applies `clip_grad_norm` without its units.
   """
   schedule = create_schedule(config, total_steps)
-  if clip_grad_norm is None:
-    clip_grad_norm = config.get("clip_grad_norm", 0.0)
-  parts = []
-  if clip_grad_norm:
-    parts.append(optax.clip_by_global_norm(clip_grad_norm))
+  parts = [] if clipping is None else [clipping]
   parts.append(optax.adamw(schedule, b1=config.b1, b2=config.b2, eps=config.eps,
                            weight_decay=config.weight_decay, mask=decay_mask))
   return optax.chain(*parts), schedule

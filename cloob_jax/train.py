@@ -128,8 +128,7 @@ def create_train_setup(config: ml_collections.ConfigDict, mesh=None) -> TrainSet
                      f"{mesh.size} devices")
   batch_sharding = parallel.batch_sharding(mesh)
   tx, schedule = optim.create_optimizer(
-      config.optimizer, config.total_steps,
-      optim.clip_threshold(config.optimizer, config.method, config.inv_tau))
+      config.optimizer, config.total_steps, optim.gradient_clipping(config, MAX_LOG_INV_TAU))
   init_fn = functools.partial(init_state, model, tx, config, model_config)
   # Replicated state, or FSDP: parameters and optimizer moments split over the data axis.
   shardings = parallel.state_shardings(jax.eval_shape(init_fn, jax.random.key(0)), mesh,

@@ -151,7 +151,8 @@ def test_fsdp_shards_parameters_and_matches_replicated_training(reference_run, t
   config = _demo_config()
   model_config = models.get_config(config.model.name, **config.model.overrides.to_dict())
   model = models.build(model_config)
-  tx, _ = optim.create_optimizer(config.optimizer, config.total_steps)
+  tx, _ = optim.create_optimizer(config.optimizer, config.total_steps,
+                                 optim.gradient_clipping(config, train.MAX_LOG_INV_TAU))
   abstract = jax.eval_shape(functools.partial(train.init_state, model, tx, config, model_config),
                             jax.random.key(0))
   shardings = parallel.state_shardings(abstract, parallel.make_mesh(), fsdp=True)
@@ -289,11 +290,42 @@ def test_clipping_threshold_is_in_logit_units_after_overrides():
       schedule="constant", restarts=0, clip_grad_norm=1.0))
   grads = {"w": jnp.full((4,), 5.0)}  # global norm 10
   norms = []
-  for clip in (None, 0.1, 0.0):
+  for clip in (optax.clip_by_global_norm(1.0), optax.clip_by_global_norm(0.1), None):
     tx, _ = optim.create_optimizer(opt, 10, clip)
     update, _ = tx.update(grads, tx.init(grads), grads)
     norms.append(float(optax.tree.norm(update)) * 1e6)
-  assert norms == pytest.approx([1.0, 0.1, 10.0], rel=1e-3)  # config's 1.0, 0.1, unclipped
+  assert norms == pytest.approx([1.0, 0.1, 10.0], rel=1e-3)  # clipped at 1.0, 0.1, unclipped
+
+
+def _first_update_norm(config, log_inv_tau):
+  """Norm of the first update for gradients of global norm 10, with a huge Adam eps
+  (the update is then -lr * g / eps, linear in the clipped gradient), times eps."""
+  config.optimizer = ml_collections.ConfigDict(dict(
+      lr=1.0, b1=0.9, b2=0.98, eps=1e6, weight_decay=0.0, warmup_steps=0,
+      schedule="constant", restarts=0, clip_grad_norm=1.0, clip_in_logit_units=True))
+  tx, _ = optim.create_optimizer(config.optimizer, 10,
+                                 optim.gradient_clipping(config, train.MAX_LOG_INV_TAU))
+  params = {"w": jnp.zeros((4,)), "logit_scale": jnp.asarray(log_inv_tau, jnp.float32)}
+  grads = {"w": jnp.full((4,), 5.0), "logit_scale": jnp.asarray(0.0)}
+  update, _ = jax.jit(tx.update)(grads, tx.init(params), params)
+  return float(optax.tree.norm(update)) * 1e6
+
+
+def test_clipping_in_logit_units_follows_a_learnt_temperature():
+  # Fixed 1/tau = 30: the threshold is 1/30 whatever the parameter holds (it is not learnt).
+  config = _demo_config()
+  assert config.method == "cloob" and not config.learn_inv_tau
+  assert _first_update_norm(config, np.log(5.0)) == pytest.approx(1 / 30, rel=1e-3)
+  # Learnt: the loss is divided by the current s, so the threshold is 1 / s of this step.
+  config_lib.apply_override(config, "learn_inv_tau=True")
+  for s in (5.0, 30.0, 80.0):
+    assert _first_update_norm(config, np.log(s)) == pytest.approx(1 / s, rel=1e-3), s
+  # s is clipped to [1, 100] as in the loss; CLIP's loss is not divided by s.
+  assert _first_update_norm(config, np.log(1000.0)) == pytest.approx(1 / 100, rel=1e-3)
+  config_lib.apply_override(config, "method=clip")
+  assert _first_update_norm(config, np.log(30.0)) == pytest.approx(1.0, rel=1e-3)
+  config_lib.apply_override(config, "optimizer.clip_grad_norm=0.0")
+  assert optim.gradient_clipping(config, train.MAX_LOG_INV_TAU) is None
 
 
 def test_cloob_step_loss_equals_losses_cloob_on_the_global_batch():
@@ -302,7 +334,9 @@ def test_cloob_step_loss_equals_losses_cloob_on_the_global_batch():
   model = models.build(model_config)
   mesh = parallel.make_mesh()
   assert mesh.size == 8
-  tx, schedule = optim.create_optimizer(config.optimizer, config.total_steps)
+  tx, schedule = optim.create_optimizer(
+      config.optimizer, config.total_steps,
+      optim.gradient_clipping(config, train.MAX_LOG_INV_TAU))
   state = jax.jit(functools.partial(train.init_state, model, tx, config, model_config))(
       jax.random.key(0))
   batch = next(train.create_train_iterator(config, model_config))
