@@ -33,6 +33,7 @@ from cloob_jax.data import records
 from cloob_jax.data import transforms
 
 MAX_LOG_INV_TAU = math.log(100.0)
+STOP = "stop_requested"  # the train step's metric: 1 when any process was asked to stop
 
 
 def create_source(config: ml_collections.ConfigDict, image_size: int):
@@ -75,7 +76,11 @@ def mean_cosine(embeddings: jax.Array) -> jax.Array:
 
 
 def train_step(state, batch, *, model, tx, schedule, loss_fn, config):
-  """One optimizer step on a global batch {'image': uint8 [B,S,S,3], 'tokens': int32 [B,L]}."""
+  """One optimizer step on a global batch {'image': uint8 [B,S,S,3], 'tokens': int32 [B,L]}.
+
+  An optional 'stop' int32 [B] (each process fills its rows with its own stop flag) comes back
+  as metrics[STOP], its maximum over all processes, so that every process sees the same value.
+  """
   images = transforms.normalize(batch["image"])
 
   def compute_loss(params):
@@ -99,6 +104,8 @@ def train_step(state, batch, *, model, tx, schedule, loss_fn, config):
   metrics = {"loss": loss, "inv_tau": inv_tau, "grad_norm": optax.tree.norm(grads),
              "learning_rate": schedule(state["step"]), "image_mean_cosine": image_cos,
              "text_mean_cosine": text_cos}
+  if "stop" in batch:  # int32 [B], each process's rows hold its own flag: did any ask to stop?
+    metrics[STOP] = jnp.max(batch["stop"])
   new_state = {"step": state["step"] + 1, "params": params, "batch_stats": batch_stats,
                "opt_state": opt_state}
   return new_state, metrics
@@ -144,7 +151,8 @@ def create_train_setup(config: ml_collections.ConfigDict, mesh=None) -> TrainSet
 
 
 class _Stop:
-  """Set by SIGTERM/SIGINT: the loop saves a checkpoint at the next step and exits."""
+  """Set by SIGTERM/SIGINT. The flag travels through the train step to every process; all of
+  them then save a checkpoint of the same step, one or two steps later, and exit."""
 
   def __init__(self):
     self.signal = None
@@ -270,18 +278,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       t0 = time.time()
       batch = next(data)
       skipped += batch.pop("skipped").sum(axis=0)
+      # A signal reaches one process, or reaches them at different steps: each sends its flag
+      # through the step, and all stop after the same step, the one after the flag's step
+      # (read one step late, like the loss), so their collectives and saves stay in step.
+      batch["stop"] = np.full((batch["image"].shape[0],), stop.signal is not None, np.int32)
       global_batch = jax.make_array_from_process_local_data(batch_sharding, batch)
       wait += time.time() - t0
       state, metrics = step_fn(state, global_batch)
       step += 1
       window_steps += 1
+      stop_agreed = False
       if pending is not None:
         _check_finite(*pending)
+        stop_agreed = bool(pending[1][STOP])
       pending = (step, metrics)
       if step % config.log_every == 0 or step == config.total_steps:
         _check_finite(*pending)
         elapsed = time.time() - window_start
-        last = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        last = {k: float(v) for k, v in jax.device_get(metrics).items() if k != STOP}
         last.update(examples_per_sec=window_steps * config.batch_size / elapsed,
                     steps_per_sec=window_steps / elapsed, data_wait_fraction=wait / elapsed,
                     **{f"skipped/{r}": int(n) for r, n in zip(records.REASONS, skipped)})
@@ -301,10 +315,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         from cloob_jax import eval as eval_lib
         print("\n" + eval_lib.markdown(results, title=f"Evaluation at step {step}"), flush=True)
       ckpt.save(step, state, data, force=step == config.total_steps)
-      if stop.signal is not None:
+      if stop_agreed and step < config.total_steps:
         _check_finite(*pending)
         ckpt.save(step, state, data, force=True)
-        print(f"{stop.signal}: saved the checkpoint of step {step}; exiting", flush=True)
+        print(f"{stop.signal or 'A stop signal to another process'}: saved the checkpoint of "
+              f"step {step}; exiting", flush=True)
         break
   finally:
     stop.uninstall()

@@ -193,6 +193,54 @@ def test_sigterm_saves_and_sigkill_resumes_bitwise(reference_run, tmp_path):
     np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
 
 
+def _process(i, workdir, port):
+  """Process i of a 2-process run with one CPU device each (launch/local_multiprocess.sh 2 1).
+
+  One device per process: with two each, a gloo step on this machine takes ~6 s (the
+  processes wait on each other's receives), against ~0.3 s with one.
+  """
+  cmd = [sys.executable, "-m", "cloob_jax.main", f"--config={CONFIG}", f"--workdir={workdir}",
+         *FLAGS, f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+         f"--process_id={i}", "--num_cpu_devices=1"]
+  return subprocess.Popen(cmd, cwd=REPO, env=_env(None), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+
+
+def test_sigterm_to_one_process_stops_all_at_the_same_step(reference_run, tmp_path):
+  # On a pod the signal reaches one host, or reaches the hosts at different steps. Every process
+  # must save the same step and exit; one that stopped alone would leave the others blocked in
+  # the next step's collectives.
+  workdir = str(tmp_path / "one_signalled")
+  port = 20000 + random.randrange(20000)
+  procs = [_process(i, workdir, port) for i in range(2)]
+  try:
+    _wait_for_step(workdir, 3, procs[0])
+    procs[1].send_signal(signal.SIGTERM)
+    outs = [p.communicate(timeout=180)[0] for p in procs]
+  finally:
+    for p in procs:
+      p.kill()
+  for p, out in zip(procs, outs):
+    assert p.returncode == 0, out
+  assert "SIGTERM: saved the checkpoint of step" in outs[1]
+  assert "A stop signal to another process: saved the checkpoint of step" in outs[0]
+  saved = {int(out.split("saved the checkpoint of step ")[1].split(";")[0]) for out in outs}
+  assert len(saved) == 1, outs
+  saved = saved.pop()
+  assert 3 < saved < STEPS
+  assert checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), every=1,
+                                 keep=1).latest_step() == saved
+  # Resumed to the end, the run is the uninterrupted one's (to float tolerance: 2 processes).
+  procs = [_process(i, workdir, port + 1) for i in range(2)]
+  outs = [p.communicate(timeout=300)[0] for p in procs]
+  for p, out in zip(procs, outs):
+    assert p.returncode == 0, out
+  ref, resumed = _series(reference_run), _series(workdir)
+  assert sorted(resumed) == list(range(1, STEPS + 1))
+  for step in range(1, STEPS + 1):
+    assert abs(resumed[step] - ref[step]) <= 1e-5 * abs(ref[step]), (step, resumed[step])
+
+
 def test_non_finite_loss_stops_and_never_checkpoints_non_finite(tmp_path):
   workdir = str(tmp_path / "diverges")
   code, out = _main(workdir, "--config.optimizer.lr=1e30", "--config.optimizer.clip_grad_norm=0",
