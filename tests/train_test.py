@@ -232,7 +232,11 @@ def test_sigterm_to_one_process_stops_all_at_the_same_step(reference_run, tmp_pa
                                  keep=1).latest_step() == saved
   # Resumed to the end, the run is the uninterrupted one's (to float tolerance: 2 processes).
   procs = [_process(i, workdir, port + 1) for i in range(2)]
-  outs = [p.communicate(timeout=300)[0] for p in procs]
+  try:
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+  finally:
+    for p in procs:
+      p.kill()
   for p, out in zip(procs, outs):
     assert p.returncode == 0, out
   ref, resumed = _series(reference_run), _series(workdir)
