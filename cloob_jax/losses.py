@@ -20,6 +20,7 @@ for float64 inputs). `inv_tau` and `beta` may be python floats or (traced) jax s
 """
 
 import functools
+import math
 from typing import Callable
 
 import jax
@@ -147,6 +148,13 @@ METHODS = tuple(_ROW_SUMS)
 # Objectives whose loss is divided by s = 1/tau (the reference code's scaling): their gradients
 # are s times smaller than in logit units.
 DIVIDED_BY_INV_TAU = frozenset({'infoloob', 'cloob'})
+# A learnt temperature is kept as log(s), clipped to [0, log 100]: 1 <= s <= 100 (CLIP's cap).
+MAX_LOG_INV_TAU = math.log(100.0)
+
+
+def inv_tau_from_log(log_inv_tau: jax.Array) -> jax.Array:
+  """s = exp(log s), with log s clipped to [0, MAX_LOG_INV_TAU]."""
+  return jnp.exp(jnp.clip(log_inv_tau, 0.0, MAX_LOG_INV_TAU))
 
 
 def get_row_sum(method: str) -> Callable[..., jax.Array]:

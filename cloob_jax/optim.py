@@ -53,13 +53,12 @@ def clip_threshold(config: ml_collections.ConfigDict, method: str, inv_tau: floa
   return threshold
 
 
-def clip_by_global_norm_over_inv_tau(max_norm: float,
-                                     max_log_inv_tau: float) -> optax.GradientTransformation:
+def clip_by_global_norm_over_inv_tau(max_norm: float) -> optax.GradientTransformation:
   """Global-norm clipping at `max_norm / s`, s = exp(params['logit_scale']) of this step.
 
   For a loss divided by a learnt s (InfoLOOB, CLOOB): its gradients shrink and grow with s, so
-  a threshold fixed at the initial s would clip too much or too little as s moves. The log
-  scale is clipped to [0, max_log_inv_tau], as the loss clips it. Stateless, like
+  a threshold fixed at the initial s would clip too much or too little as s moves. s is
+  clipped as the loss clips it (`losses.inv_tau_from_log`). Stateless, like
   optax.clip_by_global_norm, so checkpoints are the same either way.
   """
 
@@ -67,9 +66,7 @@ def clip_by_global_norm_over_inv_tau(max_norm: float,
     if params is None or "logit_scale" not in params:
       raise ValueError("clipping in units of a learnt 1/tau needs the params, with "
                        "'logit_scale', passed to update")
-    inv_tau = jnp.exp(jnp.clip(jax.lax.stop_gradient(params["logit_scale"]), 0.0,
-                               max_log_inv_tau))
-    threshold = max_norm / inv_tau
+    threshold = max_norm / losses.inv_tau_from_log(jax.lax.stop_gradient(params["logit_scale"]))
     norm = optax.tree.norm(updates)
     scale = jnp.where(norm < threshold, 1.0, threshold / norm)
     return jax.tree.map(lambda g: (g * scale).astype(g.dtype), updates), state
@@ -77,8 +74,7 @@ def clip_by_global_norm_over_inv_tau(max_norm: float,
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
 
 
-def gradient_clipping(config: ml_collections.ConfigDict,
-                      max_log_inv_tau: float) -> optax.GradientTransformation | None:
+def gradient_clipping(config: ml_collections.ConfigDict) -> optax.GradientTransformation | None:
   """The gradient clipping of a training config (its optimizer, method and temperature).
 
   None (no clipping) when `optimizer.clip_grad_norm` is 0; otherwise global-norm clipping at
@@ -89,7 +85,7 @@ def gradient_clipping(config: ml_collections.ConfigDict,
     return None
   if (opt.get("clip_in_logit_units", False) and config.method in losses.DIVIDED_BY_INV_TAU
       and config.get("learn_inv_tau", False)):
-    return clip_by_global_norm_over_inv_tau(float(opt.clip_grad_norm), max_log_inv_tau)
+    return clip_by_global_norm_over_inv_tau(float(opt.clip_grad_norm))
   return optax.clip_by_global_norm(clip_threshold(opt, config.method, config.inv_tau))
 
 

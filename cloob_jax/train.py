@@ -25,6 +25,7 @@ import optax
 
 from cloob_jax import checkpoint
 from cloob_jax import config_lib
+from cloob_jax import losses
 from cloob_jax import models
 from cloob_jax import optim
 from cloob_jax import parallel
@@ -32,7 +33,6 @@ from cloob_jax.data import pipeline
 from cloob_jax.data import records
 from cloob_jax.data import transforms
 
-MAX_LOG_INV_TAU = math.log(100.0)
 STOP = "stop_requested"  # the train step's metric: 1 when any process was asked to stop
 
 
@@ -92,7 +92,7 @@ def train_step(state, batch, *, model, tx, schedule, loss_fn, config):
     log_inv_tau = params["logit_scale"]
     if not config.learn_inv_tau:
       log_inv_tau = jax.lax.stop_gradient(log_inv_tau)
-    inv_tau = jnp.exp(jnp.clip(log_inv_tau, 0.0, MAX_LOG_INV_TAU))
+    inv_tau = losses.inv_tau_from_log(log_inv_tau)
     loss = loss_fn(img, txt, inv_tau, config.beta)
     return loss, (updates.get("batch_stats", {}), inv_tau, mean_cosine(img), mean_cosine(txt))
 
@@ -100,7 +100,7 @@ def train_step(state, batch, *, model, tx, schedule, loss_fn, config):
       compute_loss, has_aux=True)(state["params"])
   updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
   params = optax.apply_updates(state["params"], updates)
-  params["logit_scale"] = jnp.clip(params["logit_scale"], 0.0, MAX_LOG_INV_TAU)
+  params["logit_scale"] = jnp.clip(params["logit_scale"], 0.0, losses.MAX_LOG_INV_TAU)
   metrics = {"loss": loss, "inv_tau": inv_tau, "grad_norm": optax.tree.norm(grads),
              "learning_rate": schedule(state["step"]), "image_mean_cosine": image_cos,
              "text_mean_cosine": text_cos}
@@ -135,7 +135,7 @@ def create_train_setup(config: ml_collections.ConfigDict, mesh=None) -> TrainSet
                      f"{mesh.size} devices")
   batch_sharding = parallel.batch_sharding(mesh)
   tx, schedule = optim.create_optimizer(
-      config.optimizer, config.total_steps, optim.gradient_clipping(config, MAX_LOG_INV_TAU))
+      config.optimizer, config.total_steps, optim.gradient_clipping(config))
   init_fn = functools.partial(init_state, model, tx, config, model_config)
   # Replicated state, or FSDP: parameters and optimizer moments split over the data axis.
   shardings = parallel.state_shardings(jax.eval_shape(init_fn, jax.random.key(0)), mesh,

@@ -152,7 +152,7 @@ def test_fsdp_shards_parameters_and_matches_replicated_training(reference_run, t
   model_config = models.get_config(config.model.name, **config.model.overrides.to_dict())
   model = models.build(model_config)
   tx, _ = optim.create_optimizer(config.optimizer, config.total_steps,
-                                 optim.gradient_clipping(config, train.MAX_LOG_INV_TAU))
+                                 optim.gradient_clipping(config))
   abstract = jax.eval_shape(functools.partial(train.init_state, model, tx, config, model_config),
                             jax.random.key(0))
   shardings = parallel.state_shardings(abstract, parallel.make_mesh(), fsdp=True)
@@ -356,7 +356,7 @@ def _first_update_norm(config, log_inv_tau):
       lr=1.0, b1=0.9, b2=0.98, eps=1e6, weight_decay=0.0, warmup_steps=0,
       schedule="constant", restarts=0, clip_grad_norm=1.0, clip_in_logit_units=True))
   tx, _ = optim.create_optimizer(config.optimizer, 10,
-                                 optim.gradient_clipping(config, train.MAX_LOG_INV_TAU))
+                                 optim.gradient_clipping(config))
   params = {"w": jnp.zeros((4,)), "logit_scale": jnp.asarray(log_inv_tau, jnp.float32)}
   grads = {"w": jnp.full((4,), 5.0), "logit_scale": jnp.asarray(0.0)}
   update, _ = jax.jit(tx.update)(grads, tx.init(params), params)
@@ -377,7 +377,7 @@ def test_clipping_in_logit_units_follows_a_learnt_temperature():
   config_lib.apply_override(config, "method=clip")
   assert _first_update_norm(config, np.log(30.0)) == pytest.approx(1.0, rel=1e-3)
   config_lib.apply_override(config, "optimizer.clip_grad_norm=0.0")
-  assert optim.gradient_clipping(config, train.MAX_LOG_INV_TAU) is None
+  assert optim.gradient_clipping(config) is None
 
 
 def test_cloob_step_loss_equals_losses_cloob_on_the_global_batch():
@@ -388,7 +388,7 @@ def test_cloob_step_loss_equals_losses_cloob_on_the_global_batch():
   assert mesh.size == 8
   tx, schedule = optim.create_optimizer(
       config.optimizer, config.total_steps,
-      optim.gradient_clipping(config, train.MAX_LOG_INV_TAU))
+      optim.gradient_clipping(config))
   state = jax.jit(functools.partial(train.init_state, model, tx, config, model_config))(
       jax.random.key(0))
   batch = next(train.create_train_iterator(config, model_config))
