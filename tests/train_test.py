@@ -206,22 +206,34 @@ def _process(i, workdir, port):
                           stderr=subprocess.STDOUT, text=True)
 
 
+def _two_processes(workdir, port, before_wait=None, timeout=300):
+  """Runs a 2-process run to its end (`before_wait(procs)` first); -> their outputs, each
+  process having exited 0. Both are killed if anything fails on the way."""
+  procs = [_process(i, workdir, port) for i in range(2)]
+  try:
+    if before_wait is not None:
+      before_wait(procs)
+    outs = [p.communicate(timeout=timeout)[0] for p in procs]
+  finally:
+    for p in procs:
+      p.kill()
+  for p, out in zip(procs, outs):
+    assert p.returncode == 0, out
+  return outs
+
+
 def test_sigterm_to_one_process_stops_all_at_the_same_step(reference_run, tmp_path):
   # On a pod the signal reaches one host, or reaches the hosts at different steps. Every process
   # must save the same step and exit; one that stopped alone would leave the others blocked in
   # the next step's collectives.
   workdir = str(tmp_path / "one_signalled")
   port = 20000 + random.randrange(20000)
-  procs = [_process(i, workdir, port) for i in range(2)]
-  try:
+
+  def signal_process_1_after_step_3(procs):
     _wait_for_step(workdir, 3, procs[0])
     procs[1].send_signal(signal.SIGTERM)
-    outs = [p.communicate(timeout=180)[0] for p in procs]
-  finally:
-    for p in procs:
-      p.kill()
-  for p, out in zip(procs, outs):
-    assert p.returncode == 0, out
+
+  outs = _two_processes(workdir, port, signal_process_1_after_step_3, timeout=180)
   assert "SIGTERM: saved the checkpoint of step" in outs[1]
   assert "A stop signal to another process: saved the checkpoint of step" in outs[0]
   saved = {int(out.split("saved the checkpoint of step ")[1].split(";")[0]) for out in outs}
@@ -231,14 +243,7 @@ def test_sigterm_to_one_process_stops_all_at_the_same_step(reference_run, tmp_pa
   assert checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), every=1,
                                  keep=1).latest_step() == saved
   # Resumed to the end, the run is the uninterrupted one's (to float tolerance: 2 processes).
-  procs = [_process(i, workdir, port + 1) for i in range(2)]
-  try:
-    outs = [p.communicate(timeout=300)[0] for p in procs]
-  finally:
-    for p in procs:
-      p.kill()
-  for p, out in zip(procs, outs):
-    assert p.returncode == 0, out
+  _two_processes(workdir, port + 1)
   ref, resumed = _series(reference_run), _series(workdir)
   assert sorted(resumed) == list(range(1, STEPS + 1))
   for step in range(1, STEPS + 1):
