@@ -19,7 +19,7 @@ def _inputs(config, n=2):
 def test_registry_lists_paper_models_and_tiny_ones():
   names = models.list_models()
   for name in ["RN50", "RN101", "RN50x4", "ViT-B/32", "ViT-B/16", "ViT-L/14", "RN-tiny",
-               "ViT-tiny"]:
+               "ViT-tiny", "ConvNet-tiny"]:
     assert name in names
   assert models.get_config("ViT-B-32") == models.get_config("ViT-B/32")  # open_clip spelling
   assert models.get_config("RN50-quickgelu").quick_gelu
@@ -32,9 +32,11 @@ def test_unknown_names_are_refused_with_a_suggestion():
     models.create_model("ViT-tiny", text=dict(layer=3))
   with pytest.raises(ValueError, match="unknown model override 'dtyp'"):
     models.create_model("ViT-tiny", dtyp="bfloat16")
+  with pytest.raises(ValueError, match="unknown model override vision.kind='convent'"):
+    models.get_config("RN-tiny", vision=dict(kind="convent"))
 
 
-@pytest.mark.parametrize("name", ["ViT-tiny", "RN-tiny"])
+@pytest.mark.parametrize("name", ["ViT-tiny", "RN-tiny", "ConvNet-tiny"])
 def test_forward_shapes_and_unit_norm(name):
   config = models.get_config(name)
   model = models.create_model(name)
@@ -60,7 +62,7 @@ def test_resnet_train_mode_updates_batch_stats():
   assert any(not np.allclose(a, b) for a, b in zip(before, after))
 
 
-@pytest.mark.parametrize("name", ["ViT-tiny", "RN-tiny"])
+@pytest.mark.parametrize("name", ["ViT-tiny", "RN-tiny", "ConvNet-tiny"])
 def test_bfloat16_compute_keeps_float32_params_and_is_close(name):
   config = models.get_config(name)
   images, tokens = _inputs(config)

@@ -1,4 +1,5 @@
-"""Pure linen modules: text transformer, ViT, ModifiedResNet, the two-tower model, registry."""
+"""Pure linen modules: text transformer, ViT, ModifiedResNet, a plain ConvNet, the two-tower
+model, registry."""
 
 from cloob_jax.models.registry import ModelConfig
 from cloob_jax.models.registry import TextConfig

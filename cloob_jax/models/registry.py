@@ -12,6 +12,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from cloob_jax.models.convnet import ConvNet
 from cloob_jax.models.resnet import ModifiedResNet
 from cloob_jax.models.text import TextTransformer
 from cloob_jax.models.two_tower import TwoTower
@@ -21,12 +22,15 @@ from cloob_jax.models.vit import VisionTransformer
 @dataclasses.dataclass(frozen=True)
 class VisionConfig:
   image_size: int = 224
-  layers: Any = 12  # an int: ViT depth; a 4-tuple: ModifiedResNet blocks per stage
-  width: int = 768
+  # ViT: an int, the depth. ModifiedResNet: a 4-tuple, blocks per stage. ConvNet: a tuple of
+  # channel counts, one stride-2 conv each.
+  layers: Any = 12
+  width: int = 768  # ConvNet: the width of its dense layer over the flattened final map
   patch_size: int | None = 32  # None for ModifiedResNet
   head_width: int = 64
   mlp_ratio: float = 4.0
   remat: bool = False
+  kind: str = ""  # "convnet"; "" means ViT for an int `layers`, ModifiedResNet for a tuple
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,8 +54,15 @@ class ModelConfig:
   dtype: str = "float32"  # compute dtype of activations; parameters stay float32
 
   @property
+  def vision_kind(self) -> str:
+    """'vit', 'resnet' (CLIP's ModifiedResNet) or 'convnet'."""
+    if self.vision.kind:
+      return self.vision.kind
+    return "resnet" if isinstance(self.vision.layers, (tuple, list)) else "vit"
+
+  @property
   def is_resnet(self) -> bool:
-    return isinstance(self.vision.layers, (tuple, list))
+    return self.vision_kind == "resnet"
 
 
 def _text(width=512, heads=8, layers=12):
@@ -69,6 +80,9 @@ _CONFIGS: dict[str, ModelConfig] = {
     "RN-tiny": ModelConfig(64, VisionConfig(64, (1, 1, 1, 1), 8, None, head_width=32),
                            _text(64, 2, 2)),
     "ViT-tiny": ModelConfig(64, VisionConfig(32, 2, 64, 8, head_width=32), _text(64, 2, 2)),
+    # Not a CLIP tower: a plain conv net for CPU experiments on the synthetic world (convnet.py).
+    "ConvNet-tiny": ModelConfig(64, VisionConfig(64, (16, 32, 64), 128, None, kind="convnet"),
+                                _text(64, 2, 2)),
 }
 
 # open_clip's spelling of the same models ('ViT-B-32'); '-quickgelu' selects QuickGELU, which
@@ -103,6 +117,9 @@ def _replace(record, overrides: dict, where: str):
   return dataclasses.replace(record, **overrides)
 
 
+_VISION_KINDS = ("vit", "resnet", "convnet")
+
+
 def get_config(name: str, **overrides) -> ModelConfig:
   """The ModelConfig registered as `name`, with overrides applied (see module docstring)."""
   base, quick = _canonical(name)
@@ -113,15 +130,23 @@ def get_config(name: str, **overrides) -> ModelConfig:
   vision = overrides.pop("vision", None) or {}
   text = overrides.pop("text", None) or {}
   config = _replace(config, overrides, "")
-  return dataclasses.replace(config, vision=_replace(config.vision, dict(vision), "vision."),
-                             text=_replace(config.text, dict(text), "text."))
+  config = dataclasses.replace(config, vision=_replace(config.vision, dict(vision), "vision."),
+                               text=_replace(config.text, dict(text), "text."))
+  if config.vision_kind not in _VISION_KINDS:
+    raise ValueError(f"unknown model override vision.kind={config.vision.kind!r}; known: "
+                     f"{_VISION_KINDS}")
+  return config
 
 
 def build(config: ModelConfig) -> TwoTower:
   """The linen module for a ModelConfig."""
   dtype = jnp.dtype(config.dtype)
   v, t = config.vision, config.text
-  if config.is_resnet:
+  if config.vision_kind == "convnet":
+    if v.remat:
+      raise ValueError("vision.remat: the ConvNet tower has no rematerialisation")
+    visual = ConvNet(config.embed_dim, v.image_size, tuple(v.layers), v.width, dtype)
+  elif config.is_resnet:
     visual = ModifiedResNet(config.embed_dim, v.image_size, tuple(v.layers), v.width, v.head_width,
                             v.remat, dtype)
   else:
