@@ -96,6 +96,18 @@ def validate(config: ml_collections.ConfigDict) -> None:
       synthetic.caption_mention(config.data.caption_mention.to_dict())
     except ValueError as e:
       raise ValueError(f"config.data.caption_mention: {e}") from None
+  family_size = config.data.get("family_size", 1)
+  if int(family_size) != family_size or family_size < 1:
+    raise ValueError(f"config.data.family_size must be a positive integer, got {family_size!r}")
+  if family_size > 1 and config.data.source != "synthetic":
+    raise ValueError(f"config.data.family_size={family_size} needs config.data.source="
+                     f"'synthetic' (families are scenes of the synthetic world)")
+  if family_size > 1 and config.data.num_workers:
+    raise ValueError(f"config.data.family_size={family_size} needs config.data.num_workers=0 "
+                     f"(got {config.data.num_workers}): grain workers would split the families")
+  if config.batch_size % family_size:
+    raise ValueError(f"config.batch_size ({config.batch_size}) is not divisible by "
+                     f"config.data.family_size ({family_size})")
   if config.data.source == "records" and not config.data.data_dir:
     raise ValueError("config.data.source='records' needs config.data.data_dir (a directory "
                      "written by `python -m cloob_jax.data.convert`)")

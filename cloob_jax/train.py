@@ -41,7 +41,8 @@ def create_source(config: ml_collections.ConfigDict, image_size: int):
     from cloob_jax.data import synthetic
     mention = config.data.get("caption_mention")
     return synthetic.SyntheticWorld(split="train", seed=config.data.seed, image_size=image_size,
-                                    mention=mention.to_dict() if mention else None)
+                                    mention=mention.to_dict() if mention else None,
+                                    family_size=config.data.get("family_size", 1))
   return records.ImageTextSource(config.data.data_dir)
 
 

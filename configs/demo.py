@@ -53,6 +53,12 @@ def get_config(arg=None):
   config.data.caption_mention = ml_collections.ConfigDict(
       dict(synthetic.CAPTION_MENTION, colour=1.0, shape=1.0, position=0.9, all=1.0))
 
+  # Records in families of this many minimal pairs (same colours and cells, other shapes and
+  # sizes; synthetic.family_member), shuffled as units so that each batch holds whole families.
+  # 1: independent scenes. With 4 and --config.model.name=ConvNet-tiny, CLIP learns shape
+  # (README, "Minimal pairs").
+  config.data.family_size = 1
+
   config.fsdp = False  # shard parameters and optimizer state over the data axis
   config.batch_size = arg.batch_size
   config.total_steps = arg.steps

@@ -161,6 +161,36 @@ def test_process_sharding():
   assert sorted(seen[0] + seen[1]) == list(range(16))
 
 
+class FamilySource(ListSource):
+  """ListSource whose records come in families of `family_size` consecutive indices."""
+
+  def __init__(self, n, family_size):
+    super().__init__(n)
+    self.family_size = family_size
+
+
+def test_families_stay_whole_in_every_batch_and_process():
+  src = FamilySource(24, family_size=3)
+  one = [ids(b) for b in take(train_iter(src, global_batch_size=6), 8)]  # 2 epochs
+  for batch in one:  # two whole families, members in order
+    for start in (0, 3):
+      family = batch[start:start + 3]
+      assert family[0] % 3 == 0 and family == list(range(family[0], family[0] + 3)), batch
+  epoch1, epoch2 = sum(one[:4], []), sum(one[4:], [])
+  assert sorted(epoch1) == sorted(epoch2) == list(range(24))
+  assert epoch1 != epoch2  # families reshuffled
+  assert one == [ids(b) for b in take(train_iter(src, global_batch_size=6), 8)]
+  # Two processes split each global batch; together they hold the same whole families.
+  per_process = [[ids(b) for b in take(train_iter(src, global_batch_size=6, process_index=p,
+                                                   process_count=2), 8)] for p in range(2)]
+  for step, batch in enumerate(one):
+    assert sorted(per_process[0][step] + per_process[1][step]) == sorted(batch)
+  with pytest.raises(ValueError, match="not divisible by the source's family_size 3"):
+    train_iter(src, global_batch_size=4)
+  with pytest.raises(ValueError, match="family_size 3 needs num_workers=0, got 2"):
+    train_iter(src, global_batch_size=6, num_workers=2)
+
+
 def test_state_continuation():
   src = ListSource(10)
   it = train_iter(src)

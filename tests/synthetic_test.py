@@ -91,6 +91,37 @@ def test_heldout_combinations_never_in_train():
     assert S.HELDOUT_COMBOS[e["heldout_combo"]] == (S.COLOURS[e["colour"]], S.SHAPES[e["shape"]])
 
 
+def test_families_are_minimal_pairs():
+  world = S.SyntheticWorld("train", seed=2, family_size=4)
+  assert world[6]["caption"] == S.SyntheticWorld("train", seed=2, family_size=4)[6]["caption"]
+  held = {(S.COLOURS.index(c), S.SHAPES.index(s)) for c, s in S.HELDOUT_COMBOS}
+  changed_size = 0
+  for family in range(50):
+    scenes = [world.scene(4 * family + m) for m in range(4)]
+    base = scenes[0]
+    for scene in scenes[1:]:
+      assert (scene.background, scene.background_level) == (base.background,
+                                                           base.background_level)
+      assert len(scene.objects) == len(base.objects)
+      for obj, ref in zip(scene.objects, base.objects):
+        assert (obj.colour, obj.position) == (ref.colour, ref.position)
+        assert obj.shape != ref.shape
+        assert (obj.colour, obj.shape) not in held
+        changed_size += obj.size != ref.size
+      # Objects that shared a colour-shape pair still share one.
+      for i, a in enumerate(base.objects):
+        for j, b in enumerate(base.objects):
+          if (a.colour, a.shape) == (b.colour, b.shape):
+            assert scene.objects[i].shape == scene.objects[j].shape
+  assert 0.3 < changed_size / sum(3 * len(world.scene(4 * f).objects) for f in range(50)) < 0.7
+  # A family of one is the plain world.
+  plain, ones = S.SyntheticWorld("train", seed=2), S.SyntheticWorld("train", seed=2, family_size=1)
+  np.testing.assert_array_equal(plain[9]["image"], ones[9]["image"])
+  assert "family_size=4" in repr(world) and "family_size" not in repr(plain)
+  with pytest.raises(ValueError, match="family_size must be a positive integer, got 0"):
+    S.SyntheticWorld("train", family_size=0)
+
+
 def _check_caption(caption, scene):
   """Asserts that every colour, shape, count and position claim of a caption is true."""
   objs = scene.objects

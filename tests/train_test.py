@@ -281,6 +281,14 @@ def test_bad_config_keys_are_refused_before_anything_runs(tmp_path):
   config.data.caption_mention.shape = 2.0
   with pytest.raises(ValueError, match="caption_mention: .*shape=2.0 is not a probability"):
     config_lib.validate(config)
+  config = _demo_config()
+  config.data.family_size = 3
+  with pytest.raises(ValueError, match=r"batch_size \(16\) is not divisible by "
+                                       r"config.data.family_size \(3\)"):
+    config_lib.validate(config)
+  config.data.family_size, config.data.source = 4, "records"
+  with pytest.raises(ValueError, match="family_size=4 needs config.data.source='synthetic'"):
+    config_lib.validate(config)
 
 
 def test_resuming_under_a_changed_config_keeps_the_old_config_and_names_the_change(

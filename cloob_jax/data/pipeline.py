@@ -3,7 +3,8 @@ augmented and tokenised in worker processes, batched as uint8 images + int32 tok
 
 Train (`create_train_dataset`), per process:
 
-  source -> seed -> shuffle -> repeat (reshuffled each epoch)
+  source -> seed -> shuffle -> repeat (reshuffled each epoch; a source with a
+         `family_size` > 1 is shuffled in whole families, see _FamilyShuffle)
          -> preprocess (per-record RNG from (seed, global position))
          -> [process_index::process_count] -> read threads
          -> batch of `local_batch` good records, skipping bad ones
@@ -208,6 +209,37 @@ class _SkipBadBatchIterDataset(grain.IterDataset):
     return f"SkipBadBatchIterDataset(batch_size={self._batch_size})"
 
 
+class _FamilyShuffle(grain.MapDataset):
+  """An endless shuffle that moves families of `family_size` consecutive records as units.
+
+  Family f is records [f * family_size, (f + 1) * family_size); families are reshuffled every
+  epoch and keep their members together and in order, so each global batch (a multiple of
+  family_size) holds whole families: the synthetic world's minimal pairs
+  (`SyntheticWorld(family_size=)`).
+  """
+
+  def __init__(self, parent: grain.MapDataset, family_size: int, seed: int):
+    super().__init__(parent)
+    self._size = family_size
+    self._families = (grain.MapDataset.range(len(parent) // family_size)
+                      .shuffle(seed=seed).repeat())
+    if not len(self._families):
+      raise ValueError(f"a source of {len(parent)} records has no whole family of "
+                       f"{family_size}")
+
+  def __len__(self) -> int:
+    return len(self._families)  # endless, as repeat()
+
+  def __str__(self) -> str:
+    return f"_FamilyShuffle(family_size={self._size})"
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    family = self._families[index // self._size]
+    return self._parent[family * self._size + index % self._size]
+
+
 def create_train_dataset(
     source,
     *,
@@ -263,12 +295,22 @@ def create_train_dataset(
   preprocess = _Preprocess(image_size, train=True, scale=scale, ratio=ratio,
                            augment_arrays=augment_arrays, jpeg_draft=jpeg_draft,
                            max_pixels=max_pixels, min_side=min_side)
-  ds = (grain.MapDataset.source(_GuardedSource(source)).seed(seed)
-        .shuffle().repeat()  # repeat reseeds the shuffle for every epoch
-        # Mapped before slicing, so a record's crop depends on its global position
-        # only (not on process_count); the map runs lazily, for this slice only.
-        .random_map(_TrainPreprocess(preprocess))
-        [process_index::process_count])
+  family_size = int(getattr(source, "family_size", 1))
+  if global_batch_size % family_size:
+    raise ValueError(f"global_batch_size {global_batch_size} is not divisible by the source's "
+                     f"family_size {family_size} ({source!r})")
+  if family_size > 1 and num_workers > 0:
+    raise ValueError(f"a source with family_size {family_size} needs num_workers=0, got "
+                     f"{num_workers}: grain workers each batch a strided slice of the stream, "
+                     "which would split the families")
+  ds = grain.MapDataset.source(_GuardedSource(source)).seed(seed)
+  if family_size == 1:
+    ds = ds.shuffle().repeat()  # repeat reseeds the shuffle for every epoch
+  else:
+    ds = _FamilyShuffle(ds, family_size, seed)
+  # Mapped before slicing, so a record's crop depends on its global position only (not on
+  # process_count); the map runs lazily, for this slice only.
+  ds = ds.random_map(_TrainPreprocess(preprocess))[process_index::process_count]
   if read_threads is None:
     read_threads = 2 if num_workers > 0 else 8
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,

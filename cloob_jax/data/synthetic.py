@@ -18,6 +18,13 @@ How often a caption mentions each attribute is `CAPTION_MENTION`, overridable pe
 (`SyntheticWorld(mention={'position': 0.6})`, or `--config.data.caption_mention.position=0.6`
 with configs/demo.py): the mix steers which features contrastive training picks up first.
 
+Families (`SyntheticWorld(family_size=k)`, `--config.data.family_size=k`): records come in
+families of k consecutive examples that share their colours, grid cells, count and background
+and differ in every object's shape and, by chance, size (`family_member`). The training
+pipeline shuffles whole families (pipeline._FamilyShuffle), so every batch holds minimal pairs
+that colour and position cannot tell apart: in a batch of random scenes, colour and position
+alone separate almost every pair, and contrastive training has no reason to learn shape.
+
 Splits (`SyntheticWorld(split=...)`):
   'train':   no object of any scene has a held-out colour-shape combination.
   'test':    every combination allowed; for retrieval and general evaluation.
@@ -538,6 +545,31 @@ def _split_combos(split: str) -> tuple[str, str]:
   return {"train": ("seen", "seen"), "test": ("all", "all"), "heldout": ("heldout", "all")}[split]
 
 
+_FAMILY_SIZE_FLIP = 0.5  # P(a family member's object has the other size)
+
+
+def family_member(scene: Scene, rng: np.random.Generator | _Draws, split: str = "train") -> Scene:
+  """A minimal-pair variant of `scene`: the same colours, cells, count and background.
+
+  Every colour-shape pair of the scene gets a new shape allowed in `split` (objects that
+  shared a pair still share one, so "three red stars" stays a group), and each object takes
+  the other size with probability _FAMILY_SIZE_FLIP; its jitter is drawn again.
+  """
+  d = _draws(rng)
+  main, other = _split_combos(split)
+  new_shape = {}
+  objects = []
+  for k, obj in enumerate(scene.objects):
+    pair = (obj.colour, obj.shape)
+    if pair not in new_shape:
+      allowed = [s for c, s in _COMBO_PAIRS[main if k == 0 else other]
+                 if c == obj.colour and s != obj.shape]
+      new_shape[pair] = d.pick(allowed) if allowed else obj.shape
+    size = 1 - obj.size if d.uniform() < _FAMILY_SIZE_FLIP else obj.size
+    objects.append(_sample_object(d, obj.colour, new_shape[pair], size, obj.position))
+  return dataclasses.replace(scene, objects=tuple(objects))
+
+
 def _pad(values: Sequence[int]) -> np.ndarray:
   out = np.full((MAX_OBJECTS,), -1, np.int32)
   out[:len(values)] = values
@@ -569,9 +601,13 @@ class SyntheticWorld:
   """
 
   def __init__(self, split: str = "train", seed: int = 0, image_size: int = 64,
-               num_examples: int | None = None, mention: Mapping[str, float] | None = None):
+               num_examples: int | None = None, mention: Mapping[str, float] | None = None,
+               family_size: int = 1):
     if split not in _SPLIT_IDS:
       raise ValueError(f"split must be one of {tuple(_SPLIT_IDS)}, got {split!r}")
+    if int(family_size) != family_size or family_size < 1:
+      raise ValueError(f"family_size must be a positive integer, got {family_size!r}")
+    self.family_size = int(family_size)
     self.mention = caption_mention(mention)
     self.split = split
     self.seed = int(seed)
@@ -584,27 +620,32 @@ class SyntheticWorld:
 
   def __repr__(self) -> str:
     mention = "" if self.mention == CAPTION_MENTION else f", mention={self.mention}"
+    family = f", family_size={self.family_size}" if self.family_size > 1 else ""
     return (f"SyntheticWorld(split={self.split!r}, seed={self.seed}, "
-            f"image_size={self.image_size}, num_examples={self.num_examples}{mention})")
+            f"image_size={self.image_size}, num_examples={self.num_examples}{mention}{family})")
 
-  def _draws(self, index: int) -> _Draws:
+  def _scene_and_draws(self, index: int) -> tuple[Scene, _Draws]:
+    """The scene of example `index` and the draws that go on to caption it."""
     index = int(index)
     if not 0 <= index < self.num_examples:
       raise IndexError(f"index {index} out of range for {self!r}")
-    # Scene and caption share one stream, so scene(i) is the scene of self[i].
-    return _Draws(np.random.default_rng([self.seed, _SPLIT_IDS[self.split], index]))
-
-  def _scene(self, d: _Draws) -> Scene:
+    split = _SPLIT_IDS[self.split]
     main, other = _split_combos(self.split)
-    return sample_scene(d, main_combos=main, other_combos=other)
+    if self.family_size == 1:
+      d = _Draws(np.random.default_rng([self.seed, split, index]))
+      return sample_scene(d, main_combos=main, other_combos=other), d
+    family, member = divmod(index, self.family_size)
+    base = sample_scene(_Draws(np.random.default_rng([self.seed, split, family, 0])),
+                        main_combos=main, other_combos=other)
+    d = _Draws(np.random.default_rng([self.seed, split, family, 1 + member]))
+    return (base if member == 0 else family_member(base, d, self.split)), d
 
   def scene(self, index: int) -> Scene:
     """The scene of example `index`, without rendering or captioning."""
-    return self._scene(self._draws(index))
+    return self._scene_and_draws(index)[0]
 
   def __getitem__(self, index: int) -> dict[str, Any]:
-    d = self._draws(index)
-    scene = self._scene(d)
+    scene, d = self._scene_and_draws(index)
     example = {"image": render(scene, self.image_size),
                "caption": caption(scene, d, mention=self.mention)}
     example.update(scene_labels(scene))
