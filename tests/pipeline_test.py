@@ -185,6 +185,11 @@ def test_families_stay_whole_in_every_batch_and_process():
                                                    process_count=2), 8)] for p in range(2)]
   for step, batch in enumerate(one):
     assert sorted(per_process[0][step] + per_process[1][step]) == sorted(batch)
+  it = train_iter(src, global_batch_size=6)  # a restored iterator goes on with the next batch
+  take(it, 3)
+  resumed = train_iter(src, global_batch_size=6)
+  resumed.set_state(it.get_state())
+  assert [ids(b) for b in take(resumed, 5)] == one[3:]
   with pytest.raises(ValueError, match="not divisible by the source's family_size 3"):
     train_iter(src, global_batch_size=4)
   with pytest.raises(ValueError, match="family_size 3 needs num_workers=0, got 2"):
