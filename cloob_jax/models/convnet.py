@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from cloob_jax.models import layers as nnl
-from cloob_jax.models.resnet import _batch_norm
+from cloob_jax.models.resnet import conv_bn_relu_layers
 
 
 class ConvNet(nn.Module):
@@ -27,16 +27,9 @@ class ConvNet(nn.Module):
 
   @nn.compact
   def __call__(self, images, train: bool = False):
-    if images.shape[1:3] != (self.image_size, self.image_size):
-      raise ValueError(f"expected images of {self.image_size}x{self.image_size}, "
-                       f"got {images.shape[1]}x{images.shape[2]}")
-    x = images.astype(self.dtype)
-    for i, features in enumerate(self.widths, start=1):
-      x = nn.Conv(features, (3, 3), strides=2, padding=((1, 1), (1, 1)), use_bias=False,
-                  dtype=self.dtype, param_dtype=jnp.float32,
-                  kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
-                  name=f"conv{i}")(x)
-      x = jax.nn.relu(_batch_norm(x, train, self.dtype, f"bn{i}"))
+    nnl.check_image_size(images, self.image_size)
+    x = conv_bn_relu_layers(images.astype(self.dtype), [(w, 2) for w in self.widths], train,
+                            self.dtype)
     x = x.reshape(x.shape[0], -1)
     x = jax.nn.relu(nn.Dense(self.hidden, dtype=self.dtype, param_dtype=jnp.float32,
                              name="fc")(x))

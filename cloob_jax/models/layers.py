@@ -132,6 +132,13 @@ class Transformer(nn.Module):
     return x
 
 
+def check_image_size(images, image_size: int) -> None:
+  """Refuses images [batch, H, W, 3] that are not image_size x image_size, naming both."""
+  if images.shape[1:3] != (image_size, image_size):
+    raise ValueError(f"expected images of {image_size}x{image_size}, "
+                     f"got {images.shape[1]}x{images.shape[2]}")
+
+
 def l2_normalize(x, eps=1e-12):
   """Rows to unit L2 norm, in float32 (F.normalize semantics: divide by max(norm, eps))."""
   x = x.astype(jnp.float32)

@@ -33,6 +33,18 @@ def _batch_norm(x, train, dtype, name, zero_init=False):
   return bn(x.astype(jnp.float32)).astype(dtype)
 
 
+def conv_bn_relu_layers(x, layers: Sequence[tuple[int, int]], train, dtype):
+  """A 3x3 conv (no bias) -> BatchNorm -> ReLU per (features, stride) of `layers`, named
+  conv1/bn1, conv2/bn2, ... in the calling module (CLIP's stem; the ConvNet's stages)."""
+  for i, (features, stride) in enumerate(layers, start=1):
+    x = nn.Conv(features, (3, 3), strides=stride, padding=((1, 1), (1, 1)), use_bias=False,
+                dtype=dtype, param_dtype=jnp.float32,
+                kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
+                name=f"conv{i}")(x)
+    x = jax.nn.relu(_batch_norm(x, train, dtype, f"bn{i}"))
+  return x
+
+
 class Bottleneck(nn.Module):
   """1x1 -> 3x3 -> avg-pool(stride) -> 1x1 (x4), with an avg-pool + 1x1 conv downsample."""
   planes: int
@@ -98,17 +110,10 @@ class ModifiedResNet(nn.Module):
 
   @nn.compact
   def __call__(self, images, train: bool = False):
-    if images.shape[1:3] != (self.image_size, self.image_size):
-      raise ValueError(f"expected images of {self.image_size}x{self.image_size}, "
-                       f"got {images.shape[1]}x{images.shape[2]}")
+    nnl.check_image_size(images, self.image_size)
     x = images.astype(self.dtype)
     stem = [(self.width // 2, 2), (self.width // 2, 1), (self.width, 1)]
-    for i, (features, stride) in enumerate(stem, start=1):
-      x = nn.Conv(features, (3, 3), strides=stride, padding=((1, 1), (1, 1)), use_bias=False,
-                  dtype=self.dtype, param_dtype=jnp.float32,
-                  kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
-                  name=f"conv{i}")(x)
-      x = jax.nn.relu(_batch_norm(x, train, self.dtype, f"bn{i}"))
+    x = conv_bn_relu_layers(x, stem, train, self.dtype)
     x = _avg_pool(x, 2)
     block = nn.remat(Bottleneck, static_argnums=(2,)) if self.remat else Bottleneck
     for stage, blocks in enumerate(self.layers):

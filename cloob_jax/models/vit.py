@@ -23,9 +23,7 @@ class VisionTransformer(nn.Module):
   def __call__(self, images, train: bool = False):
     del train  # no batch statistics in this tower
     grid = self.image_size // self.patch_size
-    if images.shape[1:3] != (self.image_size, self.image_size):
-      raise ValueError(f"expected images of {self.image_size}x{self.image_size}, "
-                       f"got {images.shape[1]}x{images.shape[2]}")
+    nnl.check_image_size(images, self.image_size)
     x = nn.Conv(self.width, (self.patch_size, self.patch_size), strides=self.patch_size,
                 padding="VALID", use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
                 name="conv1")(images.astype(self.dtype))
