@@ -90,15 +90,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.data.source not in ("synthetic", "records"):
     raise ValueError(f"config.data.source={config.data.source!r}; choose 'synthetic' or "
                      "'records'")
+  from cloob_jax.data import synthetic  # late, as models below
   if config.data.source == "synthetic" and config.data.get("caption_mention"):
-    from cloob_jax.data import synthetic  # late, as models below
     try:
       synthetic.caption_mention(config.data.caption_mention.to_dict())
     except ValueError as e:
       raise ValueError(f"config.data.caption_mention: {e}") from None
-  family_size = config.data.get("family_size", 1)
-  if int(family_size) != family_size or family_size < 1:
-    raise ValueError(f"config.data.family_size must be a positive integer, got {family_size!r}")
+  try:
+    family_size = synthetic.check_family_size(config.data.get("family_size", 1))
+  except ValueError as e:
+    raise ValueError(f"config.data.{e}") from None
   if family_size > 1 and config.data.source != "synthetic":
     raise ValueError(f"config.data.family_size={family_size} needs config.data.source="
                      f"'synthetic' (families are scenes of the synthetic world)")

@@ -289,6 +289,10 @@ def test_bad_config_keys_are_refused_before_anything_runs(tmp_path):
   config.data.family_size, config.data.source = 4, "records"
   with pytest.raises(ValueError, match="family_size=4 needs config.data.source='synthetic'"):
     config_lib.validate(config)
+  config.data.family_size = 0
+  with pytest.raises(ValueError, match="config.data.family_size must be a positive integer, "
+                                       "got 0"):
+    config_lib.validate(config)
 
 
 def test_resuming_under_a_changed_config_keeps_the_old_config_and_names_the_change(

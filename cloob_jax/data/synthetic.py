@@ -160,6 +160,17 @@ def caption_mention(overrides: Mapping[str, float] | None = None) -> dict[str, f
     mention[key] = float(value)
   return mention
 
+
+def check_family_size(family_size) -> int:
+  """`family_size` as an int; refuses anything but a positive integer."""
+  try:
+    ok = int(family_size) == family_size and family_size >= 1
+  except (TypeError, ValueError):
+    ok = False
+  if not ok:
+    raise ValueError(f"family_size must be a positive integer, got {family_size!r}")
+  return int(family_size)
+
 # Never in 'train'. A 4-cycle over colours x shapes: each held-out colour and each
 # held-out shape occurs in exactly two of these, so on the heldout_combination task
 # colour alone or shape alone tops out at 50% and only composing both gets 100%.
@@ -605,9 +616,7 @@ class SyntheticWorld:
                family_size: int = 1):
     if split not in _SPLIT_IDS:
       raise ValueError(f"split must be one of {tuple(_SPLIT_IDS)}, got {split!r}")
-    if int(family_size) != family_size or family_size < 1:
-      raise ValueError(f"family_size must be a positive integer, got {family_size!r}")
-    self.family_size = int(family_size)
+    self.family_size = check_family_size(family_size)
     self.mention = caption_mention(mention)
     self.split = split
     self.seed = int(seed)
