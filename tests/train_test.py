@@ -454,12 +454,15 @@ def test_demo_with_in_training_evals_then_eval_binary_on_the_workdir(tmp_path):
   assert os.path.exists(output[:-len(".json")] + ".md")
 
 
-def test_demo_resnet_tower_trains_the_same_on_1_and_8_devices():
-  """The demo's own tower (RN-tiny, BatchNorm over the global batch), not the tests' tiny ViT:
-  three CLOOB steps give the same losses and batch statistics on 1 and 8 devices."""
+@pytest.mark.parametrize("name", ["ConvNet-tiny", "RN-tiny"])
+def test_demo_batchnorm_towers_train_the_same_on_1_and_8_devices(name):
+  """The demo's own tower (ConvNet-tiny) and the tiny ModifiedResNet, both with BatchNorm over
+  the global batch, not the tests' tiny ViT: three CLOOB steps give the same losses and batch
+  statistics on 1 and 8 devices."""
   config = _demo_config("steps=3,batch_size=16,evals=False")
-  assert config.model.name == "RN-tiny"
+  assert config.model.name == "ConvNet-tiny"
   with config.unlocked():
+    config.model.name = name
     config.model.overrides.vision.image_size = 32
   rng = np.random.default_rng(0)
   batches = [{"image": rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8),

@@ -1,4 +1,6 @@
-"""A plain conv net for CPU experiments: strided conv-BN-ReLU stages and a flattened head.
+"""A plain conv net for CPU runs: strided conv-BN-ReLU stages and a flattened head.
+
+The demo's image tower (`configs/demo.py`).
 
 Not a CLIP tower, and not in open_clip. On the synthetic world (64 px, objects ~8-20 px)
 CLIP's ModifiedResNet at CPU size learns shape slowly even with labels (a thin stem, then
