@@ -171,6 +171,7 @@ def check_family_size(family_size) -> int:
     raise ValueError(f"family_size must be a positive integer, got {family_size!r}")
   return int(family_size)
 
+
 # Never in 'train'. A 4-cycle over colours x shapes: each held-out colour and each
 # held-out shape occurs in exactly two of these, so on the heldout_combination task
 # colour alone or shape alone tops out at 50% and only composing both gets 100%.
