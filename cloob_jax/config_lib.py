@@ -115,9 +115,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.optimizer.schedule not in ("cosine", "constant"):
     raise ValueError(f"config.optimizer.schedule={config.optimizer.schedule!r}; choose "
                      "'cosine' or 'constant'")
-  if config.optimizer.warmup_steps >= config.total_steps and config.total_steps > 1:
-    raise ValueError(f"config.optimizer.warmup_steps ({config.optimizer.warmup_steps}) must be "
-                     f"below config.total_steps ({config.total_steps})")
+  if config.optimizer.warmup_steps >= config.total_steps:
+    # Allowed (short runs of a long config): the schedule warms up linearly for the whole run.
+    from absl import logging
+    message = (f"config.optimizer.warmup_steps ({config.optimizer.warmup_steps}) >= "
+               f"config.total_steps ({config.total_steps}): the learning rate warms up "
+               f"linearly for the whole run and never reaches config.optimizer.lr "
+               f"({config.optimizer.lr})")
+    logging.warning(message)
+    print("WARNING: " + message, flush=True)
   from cloob_jax import models  # late: keeps `configs/*.py` imports light
   models.get_config(config.model.name, **config.model.overrides.to_dict())
 

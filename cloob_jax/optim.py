@@ -18,20 +18,62 @@ def decay_mask(params):
 
 
 def create_schedule(config: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
-  """Linear warmup from 0 to `lr`, then cosine to 0 over the rest (split into `restarts` + 1
-  equal cycles when restarts > 0, as in the CC runs of the paper); or constant after warmup."""
+  """Linear warmup from 0 to `lr`, then cosine to 0 (with `restarts`); or constant after warmup.
+
+  The schedule is evaluated at the step of each update before it is counted, so a run of
+  `total_steps` updates uses steps 0 .. total_steps - 1. It is jittable (traced `step`) and
+  returns float32. W = `warmup_steps`, D = total_steps - W (the steps after warmup).
+
+  Warmup: lr * step / W for step < W (0 at step 0); step W is the first step at `lr`. With
+  W >= total_steps the whole run is warmup: the rate rises linearly and never reaches `lr`
+  (`config_lib.validate` warns about such configs).
+
+  'cosine', restarts = 0: one cosine over the D steps, lr * (1 + cos(pi * (step - W) / D)) / 2,
+  kept exactly as the demo's reported runs used it. It would reach 0 at step total_steps, so
+  the last update (total_steps - 1) runs at lr * (1 - cos(pi / D)) / 2 (1.3e-9 for the demo's
+  lr 1e-3 and D = 1,400); later steps stay at 0.
+
+  'cosine', restarts = r > 0 (the CC runs of the paper): n = r + 1 cycles. Cycle i
+  (i = 0 .. n - 1) covers steps [W + floor(i * D / n), W + floor((i + 1) * D / n)), so cycle
+  lengths differ by at most one step when n does not divide D and the cycles tile steps
+  W .. total_steps - 1 exactly. Each cycle of L steps starts at `lr` (a restart right after the
+  previous cycle's last step) and decays as lr * (1 + cos(pi * k / (L - 1))) / 2 at its k-th
+  step, reaching 0 on its last step; in particular the last update of the run is at 0. A
+  one-step cycle (only when D < 2n) runs at 0; with D < n there are only D cycles. Steps past
+  the end stay at 0.
+  """
   lr, warmup = config.lr, config.warmup_steps
   if config.schedule == "constant":
     return optax.join_schedules(
         [optax.linear_schedule(0.0, lr, max(warmup, 1)), optax.constant_schedule(lr)], [warmup])
-  cycles = config.get("restarts", 0) + 1
+  restarts = int(config.get("restarts", 0))
   decay_steps = max(total_steps - warmup, 1)
-  cycle = max(decay_steps // cycles, 1)
+
+  if restarts <= 0:
+    def schedule(step):
+      step = jnp.asarray(step, jnp.float32)
+      warm = lr * step / max(warmup, 1)
+      # step - warmup < decay_steps for every step a run uses: the same values as a mod.
+      t = jnp.minimum(step - warmup, decay_steps) / decay_steps
+      cosine = 0.5 * lr * (1 + jnp.cos(jnp.pi * t))
+      return jnp.where(step < warmup, warm, cosine)
+
+    return schedule
+
+  cycles = min(restarts + 1, decay_steps)
+  bounds = [warmup + i * decay_steps // cycles for i in range(cycles + 1)]
+  lengths = [b - a for a, b in zip(bounds[:-1], bounds[1:])]
+  # A one-step cycle is its own last step: start one step early so that it is at t = 1 (lr 0).
+  starts = [float(a - (n == 1)) for a, n in zip(bounds[:-1], lengths)]
+  spans = [float(max(n - 1, 1)) for n in lengths]
+  later_starts = [float(b) for b in bounds[1:-1]]
 
   def schedule(step):
     step = jnp.asarray(step, jnp.float32)
     warm = lr * step / max(warmup, 1)
-    t = jnp.mod(step - warmup, cycle) / cycle
+    index = jnp.sum(step >= jnp.asarray(later_starts, jnp.float32)).astype(jnp.int32)
+    start = jnp.asarray(starts, jnp.float32)[index]
+    t = jnp.clip((step - start) / jnp.asarray(spans, jnp.float32)[index], 0.0, 1.0)
     cosine = 0.5 * lr * (1 + jnp.cos(jnp.pi * t))
     return jnp.where(step < warmup, warm, cosine)
 
