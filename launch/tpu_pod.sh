@@ -1,8 +1,208 @@
 #!/usr/bin/env bash
-# Starts the same command on every worker of a TPU VM pod slice; jax.distributed initialises
-# itself there (no coordinator flags needed):
-#   launch/tpu_pod.sh TPU_NAME ZONE --config=configs/yfcc.py:model=RN50,data_dir=... --workdir=gs://...
+# Sets up, starts, follows and stops cloob_jax on every worker of a Cloud TPU VM (pod slice),
+# through `gcloud compute tpus tpu-vm ssh/scp NAME --zone=ZONE --worker=all`.
+#
+#   launch/tpu_pod.sh [--dry-run] setup NAME ZONE
+#   launch/tpu_pod.sh [--dry-run] run   NAME ZONE -- ARGS...   (ARGS: the flags of cloob_jax.main)
+#   launch/tpu_pod.sh [--dry-run] logs  NAME ZONE [N]          (last N lines per worker, default 50)
+#   launch/tpu_pod.sh [--dry-run] stop  NAME ZONE              (SIGTERM: the run saves, then exits)
+#
+# Example:
+#   launch/tpu_pod.sh setup my-v4-32 us-central2-b
+#   launch/tpu_pod.sh run my-v4-32 us-central2-b -- \
+#       --config=configs/yfcc.py:model=RN50,data_dir=/mnt/yfcc --workdir=gs://BUCKET/runs/rn50
+#   launch/tpu_pod.sh logs my-v4-32 us-central2-b 20
+#
+# setup: `git archive HEAD` of this checkout (committed files only: commit first) is copied to
+#   every worker and unpacked into $REPO_DIR (default ~/cloob_jax; a path under ~ or absolute);
+#   on first use a venv $REPO_DIR/.venv is made with $REMOTE_PYTHON (default python3; it must
+#   be Python >= 3.11: TPU VM images with an older python3 need e.g. REMOTE_PYTHON=python3.11
+#   installed first), then `pip install -e '.[tpu]'` (jax[tpu]) runs in it. Re-running setup
+#   updates the code and keeps the venv and the logs.
+# run: starts `python -m cloob_jax.main ARGS...` with nohup in the background on every worker
+#   (refused on a worker whose previous run is still alive), appending to
+#   $REPO_DIR/logs/HOSTNAME.log (its pid in HOSTNAME.pid). No coordinator flags are passed:
+#   the binary initialises jax.distributed itself (cloob_jax/distributed.py). Every argument
+#   reaches the workers unchanged (spaces, quotes, $, commas): each is quoted for the remote
+#   shell. The workdir must be one every worker sees, e.g. gs://...; re-running the
+#   same command resumes from its latest checkpoint.
+# --dry-run (or DRY_RUN=1), before the subcommand: prints each command it would run, one per
+#   line and quoted so that it can be pasted, and runs nothing (no gcloud needed).
+# GCLOUD_FLAGS: extra words for every gcloud call, e.g. GCLOUD_FLAGS='--project=P --internal-ip'.
 set -euo pipefail
-name=$1; zone=$2; shift 2
-gcloud compute tpus tpu-vm ssh "$name" --zone="$zone" --worker=all \
-  --command="cd ~/cloob_jax && python -m cloob_jax.main $*"
+
+usage() {
+  cat >&2 <<'EOF'
+usage: launch/tpu_pod.sh [--dry-run] setup NAME ZONE
+       launch/tpu_pod.sh [--dry-run] run NAME ZONE -- ARGS...
+       launch/tpu_pod.sh [--dry-run] logs NAME ZONE [N]
+       launch/tpu_pod.sh [--dry-run] stop NAME ZONE
+EOF
+  exit 2
+}
+
+# One word for a POSIX shell (the workers' login shell parses the remote command once).
+sh_quote() {
+  local sq="'\\''"
+  if [[ $1 =~ ^[A-Za-z0-9_./:,+@%-][A-Za-z0-9_./=:,+@%-]*$ ]]; then
+    printf '%s' "$1"
+  else
+    printf "'%s'" "${1//\'/$sq}"
+  fi
+}
+
+# Words -> one line of POSIX shell words (newlines stay inside the quotes).
+sh_words() {
+  local w out=""
+  for w in "$@"; do
+    out+="${out:+ }$(sh_quote "$w")"
+  done
+  printf '%s' "$out"
+}
+
+# One word for this shell, on one line (printf %q for words with control characters).
+word_quote() {
+  if [[ $1 == *[[:cntrl:]]* ]]; then printf '%q' "$1"; else sh_quote "$1"; fi
+}
+
+# Prints a command as one pasteable line; --flag=VALUE is shown as --flag=QUOTED-VALUE.
+print_cmd() {
+  local w out=""
+  for w in "$@"; do
+    if [[ $w =~ ^--[A-Za-z0-9_-]+= ]]; then
+      out+="${out:+ }${BASH_REMATCH[0]}$(word_quote "${w#"${BASH_REMATCH[0]}"}")"
+    else
+      out+="${out:+ }$(word_quote "$w")"
+    fi
+  done
+  printf '%s\n' "$out"
+}
+
+# Runs a command, or prints it under --dry-run.
+do_cmd() {
+  if [ "$dry_run" = 1 ]; then
+    print_cmd "$@"
+  else
+    "$@"
+  fi
+}
+
+# REPO_DIR for the remote shell: ~ and ~/REST become "$HOME" and "$HOME"/REST.
+remote_dir() {
+  local home="\"\$HOME\""
+  case $1 in
+    \~) printf '%s' "$home" ;;
+    \~/*) printf '%s/%s' "$home" "$(sh_quote "${1#??}")" ;;
+    /*) sh_quote "$1" ;;
+    *) echo "tpu_pod.sh: REPO_DIR must be absolute or start with ~/ (got '$1')" >&2; usage ;;
+  esac
+}
+
+# The command each worker's shell runs for a subcommand (its $... expand there, not here).
+# shellcheck disable=SC2016  # the single-quoted text is code for the worker's shell
+remote_script() {
+  local dir=$1 python=$2 subcommand=$3 script
+  shift 3
+  # Every worker's own log and pid file, named after its hostname.
+  local per_worker='h=$(hostname); log=logs/$h.log; pidf=logs/$h.pid'
+  local alive='[ -f "$pidf" ] && grep -qa cloob_jax.main "/proc/$(cat "$pidf")/cmdline" 2>/dev/null'
+  case $subcommand in
+    setup)  # $1: the tarball in the worker's home directory
+      local version_check='import sys; sys.exit(sys.version_info < (3, 11))'
+      local install_check='import socket, jax, cloob_jax; '
+      install_check+='print(socket.gethostname(), "ok: cloob_jax installed, jax", jax.__version__)'
+      script="set -e; mkdir -p $dir; tar -xzf \"\$HOME\"/$1 -C $dir; rm -f \"\$HOME\"/$1; cd $dir"
+      script+="; if [ ! -x .venv/bin/python ]; then $python -c $(sh_quote "$version_check")"
+      script+=' || { echo "$(hostname): '"$python"' is not Python >= 3.11: set REMOTE_PYTHON" >&2;'
+      script+=' exit 1; }'
+      script+="; $python -m venv .venv; fi"
+      script+="; .venv/bin/python -m pip install -q --upgrade pip"
+      script+="; .venv/bin/python -m pip install -e '.[tpu]'"
+      script+="; .venv/bin/python -c $(sh_quote "$install_check")"
+      ;;
+    run)  # "$@": the flags of cloob_jax.main
+      script="set -e; cd $dir; mkdir -p logs; $per_worker"
+      script+="; if $alive; then"
+      script+=' echo "$h: cloob_jax.main is still running (pid $(cat "$pidf")): stop it first" >&2;'
+      script+=' exit 1; fi'
+      script+="; PYTHONUNBUFFERED=1 nohup .venv/bin/python -m cloob_jax.main $(sh_words "$@")"
+      script+=' >>"$log" 2>&1 </dev/null & echo $! >"$pidf"'
+      script+='; echo "$h: started pid $(cat "$pidf"), log '"$dir"'/$log"'
+      ;;
+    logs)  # $1: lines
+      script="cd $dir; $per_worker; tail -v -n $1 \"\$log\""
+      ;;
+    stop)
+      script="cd $dir; $per_worker; if $alive; then"
+      script+=' kill -TERM "$(cat "$pidf")" && echo "$h: sent SIGTERM to pid $(cat "$pidf")";'
+      script+=' else echo "$h: not running"; fi'
+      ;;
+  esac
+  printf '%s' "$script"
+}
+
+dry_run=${DRY_RUN:-0}
+while [ $# -gt 0 ]; do
+  case $1 in
+    --dry-run) dry_run=1; shift ;;
+    -h|--help) usage ;;
+    -*) echo "tpu_pod.sh: unknown option $1" >&2; usage ;;
+    *) break ;;
+  esac
+done
+[ $# -ge 3 ] || usage
+subcommand=$1; name=$2; zone=$3; shift 3
+[ -n "$name" ] && [ -n "$zone" ] || usage
+
+gcloud_flags=()
+read -r -a gcloud_flags <<< "${GCLOUD_FLAGS:-}"
+dir=$(remote_dir "${REPO_DIR:-~/cloob_jax}")
+remote_python=$(sh_quote "${REMOTE_PYTHON:-python3}")
+ssh=(gcloud compute tpus tpu-vm ssh "$name" --zone="$zone" --worker=all
+     ${gcloud_flags[@]+"${gcloud_flags[@]}"})
+case $subcommand in
+  setup)
+    [ $# -eq 0 ] || usage
+    root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+    tarball=${TMPDIR:-/tmp}/cloob_jax-setup-$$.tar.gz
+    remote_tarball=cloob_jax-setup.tar.gz  # in the worker's home directory
+    if [ "$dry_run" != 1 ]; then
+      trap 'rm -f "$tarball"' EXIT
+      if [ -n "$(git -C "$root" status --porcelain --untracked-files=no)" ]; then
+        echo "tpu_pod.sh: note: uncommitted changes are not copied (git archive HEAD)" >&2
+      fi
+    fi
+    do_cmd git -C "$root" archive --format=tar.gz -o "$tarball" HEAD
+    do_cmd gcloud compute tpus tpu-vm scp "$tarball" "$name:$remote_tarball" --zone="$zone" \
+        --worker=all ${gcloud_flags[@]+"${gcloud_flags[@]}"}
+    do_cmd "${ssh[@]}" --command="$(remote_script "$dir" "$remote_python" setup "$remote_tarball")"
+    do_cmd rm -f "$tarball"
+    ;;
+  run)
+    [ $# -ge 2 ] && [ "$1" = "--" ] || usage
+    shift
+    on_gcs=0 prev=""
+    for arg in "$@"; do
+      if [[ $arg == --workdir=gs://* || ($prev == --workdir && $arg == gs://*) ]]; then on_gcs=1; fi
+      prev=$arg
+    done
+    if [ "$on_gcs" = 0 ]; then
+      echo "tpu_pod.sh: note: --workdir is not gs://...; every worker must see the same one" >&2
+    fi
+    do_cmd "${ssh[@]}" --command="$(remote_script "$dir" "$remote_python" run "$@")"
+    ;;
+  logs)
+    [ $# -le 1 ] || usage
+    lines=${1:-50}
+    [[ $lines =~ ^[0-9]+$ ]] || usage
+    do_cmd "${ssh[@]}" --command="$(remote_script "$dir" "$remote_python" logs "$lines")"
+    ;;
+  stop)
+    [ $# -eq 0 ] || usage
+    do_cmd "${ssh[@]}" --command="$(remote_script "$dir" "$remote_python" stop)"
+    ;;
+  *)
+    echo "tpu_pod.sh: unknown subcommand '$subcommand'" >&2
+    usage
+    ;;
+esac
