@@ -5,7 +5,6 @@ directory and renames it when complete, so a killed run never leaves a half-writ
 """
 
 import json
-import os
 
 import grain
 import jax
@@ -13,6 +12,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+
+from cloob_jax import paths
 
 
 def all_finite(tree) -> bool:
@@ -37,7 +38,7 @@ class Checkpointer:
   """Saves every `every` steps (asynchronously), keeps the last `keep`, restores the latest."""
 
   def __init__(self, directory: str, *, every: int, keep: int):
-    self.directory = os.path.abspath(directory)
+    self.directory = paths.absolute(directory)
     self.every = every
     self._manager = ocp.CheckpointManager(
         self.directory,
@@ -88,11 +89,10 @@ def abstract_like(tree):
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
+  path = paths.join(paths.check(workdir, "workdir"), "config.json")
+  if not paths.exists(path):
     raise FileNotFoundError(f"{path} not found: is {workdir!r} a training workdir?")
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+  return ml_collections.ConfigDict(json.loads(paths.read_text(path)))
 
 
 def restore_variables(workdir: str, step: int | None = None):
@@ -102,7 +102,7 @@ def restore_variables(workdir: str, step: int | None = None):
   and no data iterator are read.
   """
   config = load_config(workdir)
-  directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+  directory = paths.join(paths.absolute(workdir), "checkpoints")
   manager = ocp.CheckpointManager(directory, item_names=("state", "data"))
   if step is None:
     step = manager.latest_step()

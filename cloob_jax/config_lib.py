@@ -112,6 +112,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.data.source == "records" and not config.data.data_dir:
     raise ValueError("config.data.source='records' needs config.data.data_dir (a directory "
                      "written by `python -m cloob_jax.data.convert`)")
+  if config.data.source == "records":
+    from cloob_jax.data import records  # late, as models below
+    records.check_data_dir(config.data.data_dir, config.data.get("cache_dir"))
   if config.optimizer.schedule not in ("cosine", "constant"):
     raise ValueError(f"config.optimizer.schedule={config.optimizer.schedule!r}; choose "
                      "'cosine' or 'constant'")

@@ -11,7 +11,9 @@ import functools
 import json
 import math
 import os
+import shutil
 import signal
+import tempfile
 import threading
 import time
 from typing import Any
@@ -29,6 +31,7 @@ from cloob_jax import losses
 from cloob_jax import models
 from cloob_jax import optim
 from cloob_jax import parallel
+from cloob_jax import paths
 from cloob_jax.data import pipeline
 from cloob_jax.data import records
 from cloob_jax.data import transforms
@@ -43,7 +46,8 @@ def create_source(config: ml_collections.ConfigDict, image_size: int):
     return synthetic.SyntheticWorld(split="train", seed=config.data.seed, image_size=image_size,
                                     mention=mention.to_dict() if mention else None,
                                     family_size=config.data.get("family_size", 1))
-  return records.ImageTextSource(config.data.data_dir)
+  return records.ImageTextSource(records.local_data_dir(config.data.data_dir,
+                                                       config.data.get("cache_dir")))
 
 
 def create_train_iterator(config, model_config, process_index=None, process_count=None):
@@ -176,16 +180,28 @@ class _Stop:
 
 
 class MetricWriter:
-  """metrics.jsonl + TensorBoard events + console, from process 0 only."""
+  """metrics.jsonl + TensorBoard events + console, from process 0 only.
+
+  A local workdir is appended to. An object store (gs://) cannot append, so for a remote
+  workdir both files are written to a local mirror and uploaded whole after every write: the
+  remote copy is complete up to the last logged step if the host dies. A resumed run first
+  downloads the metrics.jsonl it continues.
+  """
 
   def __init__(self, workdir: str):
     self.active = jax.process_index() == 0
     if not self.active:
       return
-    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+    self._remote = workdir if paths.is_remote(workdir) else None
+    local = tempfile.mkdtemp(prefix="cloob_jax_metrics_") if self._remote else workdir
+    self._local = local
+    jsonl = os.path.join(local, "metrics.jsonl")
+    if self._remote and paths.exists(paths.join(self._remote, "metrics.jsonl")):
+      paths.download(paths.join(self._remote, "metrics.jsonl"), jsonl)
+    self._jsonl = open(jsonl, "a")
     try:
       from tensorboardX import SummaryWriter
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      self._tb = SummaryWriter(os.path.join(local, "tensorboard"))
     except ImportError:  # TensorBoard events are optional; the JSON lines are not
       self._tb = None
 
@@ -199,12 +215,26 @@ class MetricWriter:
       for key, value in row.items():
         if key != "step" and isinstance(value, (int, float)):
           self._tb.add_scalar(key, value, step)
+      self._tb.flush()
+    self._sync()
+
+  def _sync(self):
+    """Uploads the mirror's files to the remote workdir (nothing for a local one)."""
+    if not self._remote:
+      return
+    for directory, _, files in os.walk(self._local):
+      for name in files:
+        local = os.path.join(directory, name)
+        paths.upload(local, paths.join(self._remote, os.path.relpath(local, self._local)))
 
   def close(self):
     if self.active:
       self._jsonl.close()
       if self._tb is not None:
         self._tb.close()
+      self._sync()
+      if self._remote:
+        shutil.rmtree(self._local, ignore_errors=True)
 
 
 def _scalar(value):
@@ -223,42 +253,40 @@ def _write_config(config, workdir):
   config.K.json (K = 1, 2, ...) and the differences are printed, not silently overwritten."""
   if jax.process_index() != 0:
     return
-  path = os.path.join(workdir, "config.json")
+  path = paths.join(workdir, "config.json")
   text = config.to_json_best_effort(indent=2, sort_keys=True)
-  if os.path.exists(path):
-    with open(path) as f:
-      old_text = f.read()
+  if paths.exists(path):
+    old_text = paths.read_text(path)
     try:
       changes = config_lib.config_differences(json.loads(old_text), json.loads(text))
     except json.JSONDecodeError:
       changes = [f"{path} is not valid JSON"]
     if changes:
       k = 1
-      while os.path.exists(os.path.join(workdir, f"config.{k}.json")):
+      while paths.exists(paths.join(workdir, f"config.{k}.json")):
         k += 1
-      kept = os.path.join(workdir, f"config.{k}.json")
-      os.replace(path, kept)
+      kept = paths.join(workdir, f"config.{k}.json")
+      paths.rename(path, kept)
       message = (f"{workdir} was written under a different config; the old one is kept as "
                  f"{kept}. Changed: " + "; ".join(changes[:10])
                  + (f"; and {len(changes) - 10} more" if len(changes) > 10 else ""))
       logging.warning(message)
       print("WARNING: " + message, flush=True)
-  with open(path + ".tmp", "w") as f:  # never a half-written config.json
-    f.write(text)
-  os.replace(path + ".tmp", path)
+  paths.write_text(path, text)  # atomic: never a half-written config.json
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains (resuming from the latest checkpoint in `workdir`); returns the last metrics."""
   config_lib.validate(config)
-  os.makedirs(workdir, exist_ok=True)
+  workdir = paths.check(workdir, "workdir")
+  paths.makedirs(workdir)
   _write_config(config, workdir)
   setup = create_train_setup(config)
   model_config, model, mesh = setup.model_config, setup.model, setup.mesh
   state, step_fn, batch_sharding = setup.init(config.seed), setup.step, setup.batch_sharding
 
   data = create_train_iterator(config, model_config)
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
+  ckpt = checkpoint.Checkpointer(paths.join(workdir, "checkpoints"),
                                  every=config.checkpoint_every, keep=config.keep_checkpoints)
   start = ckpt.latest_step()
   if start is not None:
@@ -327,8 +355,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     ckpt.close()
     writer.close()
   if writer.active:
-    print(f"Wrote {os.path.join(workdir, 'config.json')}, {os.path.join(workdir, 'metrics.jsonl')}"
-          f", TensorBoard events in {os.path.join(workdir, 'tensorboard')} and checkpoints in "
+    print(f"Wrote {paths.join(workdir, 'config.json')}, {paths.join(workdir, 'metrics.jsonl')}"
+          f", TensorBoard events in {paths.join(workdir, 'tensorboard')} and checkpoints in "
           f"{ckpt.directory}", flush=True)
   return last
 

@@ -3,7 +3,8 @@
   python -m cloob_jax.main --config=configs/cc3m.py:model=RN50,data_dir=/data/cc3m \
       --workdir=gs://bucket/cc3m_rn50
 Args: model (RN50|RN101|RN50x4|ViT-B/32|ViT-B/16), method (cloob|clip|infoloob|
-hopfield_infonce), data_dir (shards from `python -m cloob_jax.data.convert`), epochs, batch_size.
+hopfield_infonce), data_dir (shards from `python -m cloob_jax.data.convert`: a local folder, a
+gcsfuse mount, or gs:// with cache_dir=/local/disk to copy them to), epochs, batch_size.
 """
 
 import ml_collections
@@ -33,6 +34,8 @@ def paper_config(arg, *, dataset_size, lr, warmup_steps, restarts):
   config.data = ml_collections.ConfigDict()
   config.data.source = "records"
   config.data.data_dir = arg.data_dir
+  # ArrayRecord reads local files: a gs:// data_dir is copied here first (see README, On a pod).
+  config.data.cache_dir = arg.cache_dir
   config.data.seed = 0
   config.data.num_workers = arg.workers
 
@@ -52,7 +55,8 @@ def paper_config(arg, *, dataset_size, lr, warmup_steps, restarts):
 
 
 def get_config(arg=None):
-  arg = config_lib.parse_arg(arg, model="RN50", method="cloob", data_dir="", epochs=31,
+  arg = config_lib.parse_arg(arg, model="RN50", method="cloob", data_dir="",
+                             cache_dir="", epochs=31,
                              batch_size=512, workers=8, dtype="bfloat16")
   # CC3M runs: lr 1e-3, 10k warmup steps, cosine with restarts.
   return paper_config(arg, dataset_size=CC3M_TRAIN_SIZE, lr=1e-3, warmup_steps=10_000,

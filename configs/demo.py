@@ -41,6 +41,7 @@ def get_config(arg=None):
   config.data = ml_collections.ConfigDict()
   config.data.source = "synthetic"
   config.data.data_dir = ""
+  config.data.cache_dir = ""  # where a gs:// data_dir's shards are copied (records only)
   config.data.seed = arg.seed
   config.data.num_workers = 0
   # P(a training caption mentions each attribute): colour, shape, size, position, background,

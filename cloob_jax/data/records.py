@@ -30,6 +30,8 @@ import msgpack
 import numpy as np
 from PIL import Image
 
+from cloob_jax import paths
+
 FORMAT = "cloob_jax.image_text/1"
 MANIFEST = "manifest.json"
 SHARD_SUFFIX = ".array_record"
@@ -195,25 +197,48 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS,
 
 
 def manifest_path(directory: str) -> str:
-  return os.path.join(directory, MANIFEST)
+  return paths.join(directory, MANIFEST)
 
 
 def read_manifest(directory: str) -> dict[str, Any] | None:
-  """The manifest of a shard directory, or None if it has none."""
+  """The manifest of a shard directory (local or gs://), or None if it has none."""
   path = manifest_path(directory)
-  if not os.path.exists(path):
+  if not paths.exists(path):
     return None
-  with open(path) as f:
-    return json.load(f)
+  return json.loads(paths.read_text(path))
 
 
 def write_manifest(directory: str, manifest: Mapping[str, Any]) -> None:
   """Writes the manifest atomically (a reader never sees half a file)."""
-  tmp = manifest_path(directory) + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(manifest, f, indent=1, sort_keys=False)
-    f.write("\n")
-  os.replace(tmp, manifest_path(directory))
+  paths.write_text(manifest_path(directory), json.dumps(manifest, indent=1) + "\n")
+
+
+def check_data_dir(data_dir: str, cache_dir: str | None = None) -> str:
+  """Refuses a data_dir that cannot be read (see local_data_dir) without reading anything."""
+  data_dir = paths.check(data_dir, "config.data.data_dir")
+  if paths.is_remote(data_dir) and not cache_dir:
+    raise paths.PathError(
+        f"config.data.data_dir={data_dir!r}: ArrayRecord shards are read from a local disk "
+        "only; set config.data.cache_dir=/local/dir to copy them there first, or mount the "
+        "bucket (gcsfuse) and give the mount's path")
+  return data_dir
+
+
+def local_data_dir(data_dir: str, cache_dir: str | None = None) -> str:
+  """The local folder to read `data_dir`'s shards from.
+
+  ArrayRecord reads local files only (google/array_record#120), so a gs:// data_dir is
+  copied into `cache_dir` first (files already there with the same size are kept), or
+  refused with a line that says what to do. A local path, or a gcsfuse mount of the bucket,
+  is read in place.
+  """
+  data_dir = check_data_dir(data_dir, cache_dir)
+  if not paths.is_remote(data_dir):
+    return data_dir
+  if read_manifest(data_dir) is None:
+    raise paths.PathError(f"config.data.data_dir={data_dir!r} has no {MANIFEST} (write it "
+                          "with python -m cloob_jax.data.convert)")
+  return paths.local_copy(data_dir, cache_dir, "config.data.data_dir")
 
 
 def sum_counts(counts: Iterable[Mapping[str, int]]) -> dict[str, int]:
@@ -274,6 +299,9 @@ class ImageTextSource:
 
   def __init__(self, directory: str, *, allow_incomplete: bool = False):
     self.directory = os.fspath(directory)
+    if paths.is_remote(self.directory):
+      raise paths.PathError(f"{self.directory}: ArrayRecord shards are read from a local disk "
+                            "only (records.local_data_dir copies a gs:// folder)")
     manifest = read_manifest(self.directory)
     if manifest is None:
       raise FileNotFoundError(f"no {MANIFEST} in {self.directory}")

@@ -10,7 +10,7 @@ offender. Torch's layouts are converted: Linear [out, in] -> Dense [in, out], Co
 [out, in, kh, kw] -> [kh, kw, in, out].
 """
 
-import os
+import io
 import re
 from typing import Any, Mapping
 
@@ -19,6 +19,7 @@ import jax
 import numpy as np
 
 from cloob_jax import models
+from cloob_jax import paths
 
 # Buffers torch keeps that carry no learned state here.
 _IGNORED = re.compile(r"(^|\.)(num_batches_tracked|attn_mask)$"
@@ -105,22 +106,28 @@ def convert_state_dict(state_dict: Mapping[str, Any], model_name: str, **overrid
 
 
 def read_state_dict(path: str) -> dict[str, np.ndarray]:
-  """Reads `.safetensors` (no torch needed) or a torch `.pt`/`.bin`/`.pth` (weights only)."""
-  if not os.path.exists(path):
+  """Reads `.safetensors` (no torch needed) or a torch `.pt`/`.bin`/`.pth` (weights only),
+  from a local path or a gs:// URL (read whole into memory)."""
+  if not paths.exists(path):
     raise FileNotFoundError(f"no checkpoint at {path!r}")
+  source = io.BytesIO(paths.read_bytes(path)) if paths.is_remote(path) else path
   if path.endswith(".safetensors"):
-    from safetensors.numpy import load_file
-    return load_file(path)
+    from safetensors import numpy as safetensors_numpy
+    if paths.is_remote(path):
+      return safetensors_numpy.load(source.getvalue())
+    return safetensors_numpy.load_file(path)
   try:
     import torch
   except ImportError as e:
     raise ImportError(f"reading {path!r} needs torch; convert it to .safetensors or "
                       "`pip install torch`") from e
   try:
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = torch.load(source, map_location="cpu", weights_only=True)
   except RuntimeError:
     # OpenAI's released .pt files are TorchScript archives, not pickled state dicts.
-    state = torch.jit.load(path, map_location="cpu").state_dict()
+    if isinstance(source, io.BytesIO):
+      source.seek(0)
+    state = torch.jit.load(source, map_location="cpu").state_dict()
   return {k: _as_numpy(v) for k, v in _unwrap(state).items() if hasattr(v, "shape")}
 
 
