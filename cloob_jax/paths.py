@@ -183,8 +183,7 @@ def local_copy(src, cache_dir: str, what: str = "path") -> str:
     if item.is_dir():
       continue
     local = os.path.join(target, item.name)
-    size = item.stat().length if hasattr(item.stat(), "length") else None
-    if os.path.exists(local) and (size is None or os.path.getsize(local) == size):
+    if os.path.exists(local) and os.path.getsize(local) == item.stat().length:
       continue
     fd, tmp = tempfile.mkstemp(dir=target, prefix=f".{item.name}.")
     with os.fdopen(fd, "wb") as f, item.open("rb") as g:

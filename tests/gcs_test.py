@@ -2,7 +2,8 @@
 
 The main binary trains `configs/demo.py:tiny=True` into gs://, is SIGKILLed, resumes and ends
 bitwise equal to an uninterrupted local run; the eval binary reads that workdir back and
-writes its results to gs://; ArrayRecord shards on gs:// train through the local cache. No
+writes its results to gs://; webdataset tars on gs:// convert to shards on gs://, which train
+through the local cache. No
 local folder named `gs:` is ever created. Bad paths get one line and exit code 2.
 """
 
@@ -19,6 +20,7 @@ import pytest
 
 from cloob_jax import checkpoint
 from cloob_jax import paths
+from cloob_jax.data import records
 import gcs_server
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -134,23 +136,30 @@ def test_bad_paths_get_one_line_and_exit_2(gcs, tmp_path):
   assert not (tmp_path / "gs:").exists() and not (tmp_path / "gcs:").exists()
 
 
-def test_records_on_gs_train_through_the_local_cache(gcs, tmp_path):
-  import records_test  # pylint: disable=g-import-not-at-top  (its shard writer)
-  local = str(tmp_path / "shards")
-  os.makedirs(local)
-  recs = [(records_test.encode(records_test.smooth_rgb(seed=i), "PNG"), f"a caption {i}",
-           f"k{i}") for i in range(12)]
-  records_test.write_dir(local, [recs[:5], recs[5:]])
+def test_convert_from_gs_to_gs_then_train_through_the_local_cache(gcs, tmp_path):
+  import convert_test  # pylint: disable=g-import-not-at-top  (its webdataset tars)
+  from cloob_jax.data import convert  # pylint: disable=g-import-not-at-top
+  local_in = str(tmp_path / "in")
+  good, bad = convert_test.make_webdataset(local_in)
+  for name in sorted(os.listdir(local_in)):
+    paths.upload(os.path.join(local_in, name), f"gs://{gcs_server.BUCKET}/tars/{name}")
   remote = f"gs://{gcs_server.BUCKET}/shards"
-  for name in sorted(os.listdir(local)):
-    paths.upload(os.path.join(local, name), paths.join(remote, name))
+  manifest = convert.convert_webdataset(f"gs://{gcs_server.BUCKET}/tars/*.tar", remote,
+                                        workers=1, progress=False)
+  assert manifest["complete"] and manifest["num_records"] == len(good)
+  assert [s["input"] for s in manifest["shards"]] == [
+      f"gs://{gcs_server.BUCKET}/tars/{t:05d}.tar" for t in range(3)]
+  assert records.read_manifest(remote) == manifest
+
   cache = tmp_path / "cache"
   workdir = f"gs://{gcs_server.BUCKET}/runs/records"
   code, out = _main(tmp_path, workdir, gcs, "--config.total_steps=2", "--config.batch_size=8",
                     "--config.data.source=records", f"--config.data.data_dir={remote}",
                     f"--config.data.cache_dir={cache}")
   assert code == 0, out
-  copied = sorted(os.listdir(next(cache.iterdir())))
-  assert copied == sorted(os.listdir(local)), copied
+  (copied,) = cache.iterdir()
+  assert sorted(os.listdir(copied)) == sorted(
+      ["manifest.json"] + [s["file"] for s in manifest["shards"]])
+  convert_test.check_output(str(copied), good, bad)  # the shards came through unchanged
   assert _remote_steps(workdir)[-1] == 2
   assert not (tmp_path / "gs:").exists()

@@ -14,6 +14,11 @@ complete; the manifest lists completed units and is rewritten after each one.
 Re-running an interrupted conversion with the same arguments converts only the
 missing units, so no record is lost or duplicated. Do not run two conversions
 into the same directory at the same time.
+
+Inputs (tars, the CSV, its image root) and OUT_DIR may be gs:// URLs (`cloob_jax.paths`).
+ArrayRecord writes local files, so a remote OUT_DIR's shards are written to a local staging
+folder and uploaded as each unit completes, then the manifest: a shard the manifest lists is
+always complete in the bucket.
 """
 
 from __future__ import annotations
@@ -22,14 +27,18 @@ import argparse
 import concurrent.futures as cf
 import csv
 import glob
+import io
 import itertools
 import json
 import multiprocessing
 import os
 import re
+import shutil
 import tarfile
+import tempfile
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
+from cloob_jax import paths
 from cloob_jax.data import records
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
@@ -57,12 +66,20 @@ def expand_braces(pattern: str) -> list[str]:
 
 
 def _expand_inputs(patterns: Sequence[str]) -> list[str]:
-  paths = []
+  found = []
   for pattern in patterns:
     for p in expand_braces(pattern):
-      matches = sorted(glob.glob(p)) if glob.has_magic(p) else [p]
-      paths.extend(os.path.abspath(m) for m in matches)
-  return paths
+      paths.check(p, "input pattern")
+      if not glob.has_magic(p):
+        found.append(paths.absolute(p))
+      elif paths.is_remote(p):  # glob below the last folder without wildcards
+        parts = p.split("/")
+        fixed = next(i for i, part in enumerate(parts) if glob.has_magic(part))
+        base = "/".join(parts[:fixed])
+        found.extend(sorted(str(m) for m in paths.path(base).glob("/".join(parts[fixed:]))))
+      else:
+        found.extend(os.path.abspath(m) for m in sorted(glob.glob(p)))
+  return found
 
 
 def _shard_name(unit: int) -> str:
@@ -119,7 +136,10 @@ class _InputError(Exception):
 def _tar_samples(path: str) -> Iterator[tuple[str, bytes | None, Any]]:
   """Groups consecutive tar members by webdataset key; yields (key, image, caption)."""
   try:
-    tar = tarfile.open(path, "r|*")
+    if paths.is_remote(path):  # streamed: "r|*" reads the object front to back once
+      tar = tarfile.open(fileobj=paths.path(path).open("rb"), mode="r|*")
+    else:
+      tar = tarfile.open(path, "r|*")
   except (OSError, tarfile.TarError) as e:
     raise _InputError(f"cannot open {path}: {e}") from e
 
@@ -169,9 +189,8 @@ def _csv_samples(rows, image_root: str) -> Iterator[tuple[str, bytes | None, Any
       yield "", None, caption
       continue
     try:
-      with open(os.path.join(image_root, image_path), "rb") as f:
-        data = f.read()
-    except OSError:
+      data = paths.read_bytes(paths.join(image_root, image_path))
+    except OSError:  # FileNotFoundError included
       data = None
     yield image_path, data, caption
 
@@ -196,9 +215,12 @@ class _Run:
   """The manifest of one output directory, updated as units complete."""
 
   def __init__(self, out_dir: str, source: dict[str, Any], validation: dict[str, Any]):
-    os.makedirs(out_dir, exist_ok=True)
+    paths.makedirs(out_dir, "OUT_DIR")
     self.out_dir = out_dir
-    for stale in glob.glob(os.path.join(out_dir, "*.tmp")):
+    # Where units write their shards: OUT_DIR itself, or a local folder uploaded from.
+    self.stage = tempfile.mkdtemp(prefix="cloob_jax_convert_") if paths.is_remote(out_dir) \
+        else out_dir
+    for stale in glob.glob(os.path.join(self.stage, "*.tmp")):
       os.remove(stale)  # a unit that was interrupted mid-write
     old = records.read_manifest(out_dir)
     if old is not None and (old.get("source") != source or
@@ -210,7 +232,7 @@ class _Run:
           "use another output directory (or delete this one)")
     self.done: dict[int, dict[str, Any]] = {}
     for s in (old or {}).get("shards", []):
-      if os.path.exists(os.path.join(out_dir, s["file"])):
+      if paths.exists(paths.join(out_dir, s["file"])):
         self.done[s["unit"]] = s
     self.manifest = {"format": records.FORMAT,
                      "record_encoding": "msgpack [image_bytes, caption, key]",
@@ -218,8 +240,16 @@ class _Run:
     self.write(complete=False)
 
   def add(self, entry: dict[str, Any]) -> None:
+    if self.stage != self.out_dir:  # the shard first, then the manifest that lists it
+      local = os.path.join(self.stage, entry["file"])
+      paths.upload(local, paths.join(self.out_dir, entry["file"]))
+      os.remove(local)
     self.done[entry["unit"]] = entry
     self.write(complete=False)
+
+  def close(self) -> None:
+    if self.stage != self.out_dir:
+      shutil.rmtree(self.stage, ignore_errors=True)
 
   def num_records(self) -> int:
     return sum(s["num_records"] for s in self.done.values())
@@ -280,22 +310,26 @@ def convert_webdataset(patterns: str | Sequence[str], out_dir: str, *,
   inputs = _expand_inputs(patterns)
   if not inputs:
     raise ValueError(f"no input matches {patterns}")
-  out_dir = os.path.abspath(out_dir)
+  out_dir = paths.absolute(paths.check(out_dir, "OUT_DIR"))
   validation = {"max_pixels": max_pixels, "min_side": min_side}
   run = _Run(out_dir, {"kind": "webdataset", "patterns": patterns, "inputs": inputs},
              validation)
-  tasks = ((_convert_tar, (u, p, out_dir, max_pixels, min_side))
+  tasks = ((_convert_tar, (u, p, run.stage, max_pixels, min_side))
            for u, p in enumerate(inputs) if u not in run.done)
   workers = _default_workers() if workers is None else workers
-  _run_units(run, tasks, min(workers, len(inputs)), len(inputs), progress)
-  return run.write(complete=True)
+  try:
+    _run_units(run, tasks, min(workers, len(inputs)), len(inputs), progress)
+    return run.write(complete=True)
+  finally:
+    run.close()
 
 
 def _csv_chunks(path: str, image_column: str, caption_column: str, separator: str,
                 rows_per_shard: int) -> Iterator[tuple[int, int, list]]:
   """Yields (unit, first_row, [(image_path | None, caption), ...]) from a CSV/TSV."""
   # surrogateescape keeps undecodable bytes, so clean_caption can reject them.
-  with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
+  with io.TextIOWrapper(paths.path(path).open("rb"), encoding="utf-8", newline="",
+                        errors="surrogateescape") as f:
     # TSVs (CC3M) are not quoted: a caption may start with a quote character.
     quoting = csv.QUOTE_NONE if separator == "\t" else csv.QUOTE_MINIMAL
     reader = csv.reader(f, delimiter=separator, quoting=quoting)
@@ -328,21 +362,33 @@ def convert_csv(csv_path: str, out_dir: str, *, image_root: str,
   Image paths are relative to `image_root` (or absolute). One output shard per
   `rows_per_shard` rows. Returns the final manifest.
   """
-  csv_path, out_dir = os.path.abspath(csv_path), os.path.abspath(out_dir)
-  image_root = os.path.abspath(image_root)
-  source = {"kind": "csv", "path": csv_path, "bytes": os.path.getsize(csv_path),
+  csv_path = paths.absolute(paths.check(csv_path, "CSV_PATH"))
+  out_dir = paths.absolute(paths.check(out_dir, "OUT_DIR"))
+  image_root = paths.absolute(paths.check(image_root, "--image-root"))
+  if not paths.exists(csv_path):
+    raise FileNotFoundError(f"no CSV at {csv_path}")
+  source = {"kind": "csv", "path": csv_path, "bytes": _size(csv_path),
             "image_root": image_root, "image_column": image_column,
             "caption_column": caption_column, "separator": separator,
             "rows_per_shard": rows_per_shard}
   validation = {"max_pixels": max_pixels, "min_side": min_side}
   run = _Run(out_dir, source, validation)
-  tasks = ((_convert_rows, (u, rows, first, image_root, out_dir, max_pixels, min_side))
+  tasks = ((_convert_rows, (u, rows, first, image_root, run.stage, max_pixels, min_side))
            for u, first, rows in _csv_chunks(csv_path, image_column, caption_column,
                                              separator, rows_per_shard)
            if u not in run.done)
   workers = _default_workers() if workers is None else workers
-  _run_units(run, tasks, workers, None, progress)
-  return run.write(complete=True)
+  try:
+    _run_units(run, tasks, workers, None, progress)
+    return run.write(complete=True)
+  finally:
+    run.close()
+
+
+def _size(path: str) -> int:
+  if paths.is_remote(path):
+    return int(paths.path(path).stat().length)
+  return os.path.getsize(path)
 
 
 # ----------------------------------------------------------------------------

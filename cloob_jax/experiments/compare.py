@@ -21,6 +21,7 @@ overrides, an edited config file) is refused rather than mixed in. At the end it
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import platform
@@ -35,6 +36,7 @@ from absl import logging
 import numpy as np
 
 from cloob_jax import config_lib
+from cloob_jax import paths
 
 _CONFIG = flags.DEFINE_string("config", None, "Config file, optionally with :args "
                               "(it must accept method= and seed= args).")
@@ -59,15 +61,14 @@ _ANALYSIS_METRICS = (("embedding_analysis/image_effective_eigenvalues", "image e
 
 
 def run_dir(workdir: str, method: str, seed: int) -> str:
-  return os.path.join(workdir, method, f"seed{seed}")
+  return paths.join(workdir, method, f"seed{seed}")
 
 
 def read_metrics(directory: str) -> list[dict[str, Any]]:
-  path = os.path.join(directory, "metrics.jsonl")
-  if not os.path.exists(path):
+  path = paths.join(directory, "metrics.jsonl")
+  if not paths.exists(path):
     return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  return [json.loads(line) for line in paths.read_text(path).splitlines() if line.strip()]
 
 
 def final_metrics(rows: list[dict[str, Any]], step: int) -> dict[str, float]:
@@ -103,10 +104,9 @@ def train_one(config, directory: str) -> dict[str, Any] | None:
 
   Returns None when training stopped before the last step (a signal saved a checkpoint).
   """
-  done = os.path.join(directory, DONE_FILE)
-  if os.path.exists(done):
-    with open(done) as f:
-      return json.load(f)
+  done = paths.join(directory, DONE_FILE)
+  if paths.exists(done):
+    return json.loads(paths.read_text(done))
   from cloob_jax import train
   start = time.time()
   train.train_and_evaluate(config, directory)
@@ -116,10 +116,8 @@ def train_one(config, directory: str) -> dict[str, Any] | None:
   result = {"method": config.method, "seed": config.seed, "total_steps": config.total_steps,
             "wall_seconds_last_session": time.time() - start,
             "metrics": final_metrics(rows, config.total_steps)}
-  tmp = done + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(result, f, indent=1)
-  os.replace(tmp, done)  # a run is 'done' only once its results are complete on disk
+  # Atomic: a run is 'done' only once its results are complete.
+  paths.write_text(done, json.dumps(result, indent=1))
   return result
 
 
@@ -130,11 +128,10 @@ def _override_args(overrides: Sequence[str]) -> str:
 
 def check_same_config(config, directory: str) -> None:
   """Refuses to reuse or resume a run directory that was trained with a different config."""
-  path = os.path.join(directory, "config.json")
-  if not os.path.exists(path):
+  path = paths.join(directory, "config.json")
+  if not paths.exists(path):
     return
-  with open(path) as f:
-    old = json.load(f)
+  old = json.loads(paths.read_text(path))
   found = config_lib.config_differences(old, json.loads(config.to_json_best_effort()))
   if found:
     raise ValueError(f"{directory} was trained with a different config ({found[0]}); re-run with "
@@ -341,7 +338,9 @@ def plot_report(path: str, config, methods: list[str], workdir: str, seeds: int,
   ax.legend(fontsize=8)
   ax.grid(axis="y", alpha=0.3)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format="png", dpi=110)
+  paths.write_bytes(path, buffer.getvalue())
   plt.close(fig)
 
 
@@ -376,14 +375,14 @@ def compare(config_spec: str, methods: list[str], seeds: int, workdir: str,
       config_lib.apply_override(config, item)
     config_lib.validate(config)
     check_same_config(config, run_dir(workdir, method, seed))
-  os.makedirs(workdir, exist_ok=True)
+  paths.makedirs(workdir, "--workdir")
   command = command or (f"python -m cloob_jax.experiments.compare --config={config_spec} "
                         f"--methods={','.join(methods)} --seeds={seeds} --workdir={workdir}"
                         + _override_args(overrides))
   results: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
   for (method, seed), config in configs.items():
     directory = run_dir(workdir, method, seed)
-    reused = os.path.exists(os.path.join(directory, DONE_FILE))
+    reused = paths.exists(paths.join(directory, DONE_FILE))
     print(f"=== {method}, seed {seed}: {'finished before, reused' if reused else 'training'} "
           f"({directory})", flush=True)
     result = train_one(config, directory)
@@ -397,20 +396,18 @@ def compare(config_spec: str, methods: list[str], seeds: int, workdir: str,
   rows = summarise(results, task_names(first))
   report = markdown_report(first, config_spec, methods, seeds, results, rows, chance, command,
                            overrides)
-  with open(os.path.join(workdir, "report.md"), "w") as f:
-    f.write(report)
+  paths.write_text(paths.join(workdir, "report.md"), report)
   summary = {"methods": methods, "seeds": seeds, "config": config_spec,
              "overrides": list(overrides),
              "rows": {key: {m: dict(zip(("mean", "std", "n"), c)) for m, c in cells.items()}
                       for key, _, cells in rows},
              "runs": results}
-  with open(os.path.join(workdir, "report.json"), "w") as f:
-    json.dump(summary, f, indent=1)
-  plot_report(os.path.join(workdir, "report.png"), first, methods, workdir, seeds, results,
+  paths.write_text(paths.join(workdir, "report.json"), json.dumps(summary, indent=1))
+  plot_report(paths.join(workdir, "report.png"), first, methods, workdir, seeds, results,
               chance)
   print(report, flush=True)
-  print(f"Wrote {os.path.join(workdir, 'report.md')}, {os.path.join(workdir, 'report.json')} "
-        f"and {os.path.join(workdir, 'report.png')}", flush=True)
+  print(f"Wrote {paths.join(workdir, 'report.md')}, {paths.join(workdir, 'report.json')} "
+        f"and {paths.join(workdir, 'report.png')}", flush=True)
   return summary
 
 
