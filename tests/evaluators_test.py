@@ -359,3 +359,59 @@ def test_embedder_places_numpy_variables_once(tiny):
   first = embedder._place(host)
   assert embedder._place(host) is first  # same object: no second transfer
   assert embedder._place(jax.tree.map(np.asarray, variables)) is not first
+
+
+# ----------------------------------------------------------------------------
+# Splitting eval sets between processes (the 2-process run: tests/eval_multiprocess_test.py).
+
+
+def test_classification_counts_of_shares_add_up_to_the_whole_set():
+  scores, labels = zip(*_SCORES)
+  top = metrics.topk_indices(_unit(scores), np.eye(6, dtype=np.float32), 5)
+  labels = np.asarray(labels)
+  whole = metrics.classification_counts(top, labels, 6)
+  for processes in (2, 3, 4, 12):  # 12 > 9 examples: some shares are empty
+    shares = [metrics.classification_counts(top[p::processes], labels[p::processes], 6)
+              for p in range(processes)]
+    summed = {k: sum(s[k] for s in shares) for k in whole}
+    for key in whole:
+      np.testing.assert_array_equal(summed[key], whole[key])
+  assert metrics.metrics_from_counts(whole) == metrics.classification_metrics(top, labels, 6)
+  assert metrics.metrics_from_counts(whole) == pytest.approx(
+      {"top1": 5 / 9, "top5": 7 / 9, "mean_per_class_recall": 0.5})
+  with pytest.raises(ValueError, match="no examples"):
+    metrics.metrics_from_counts(metrics.classification_counts(top[:0], labels[:0], 6))
+
+
+def test_shares_cover_every_example_once_and_interleave_back_in_order():
+  embedder = FakeEmbedder(np.eye(2), {})
+  for processes in (1, 2, 3, 4):
+    for n in range(10):
+      shares = []
+      for rank in range(processes):
+        embedder.process_count, embedder.process_rank = processes, rank
+        share = embedder.share(n)
+        padded = np.full(embedder.share_size(n), -1)
+        padded[:len(share)] = share
+        shares.append(padded)
+      assert sorted(np.concatenate(shares)[np.concatenate(shares) >= 0]) == list(range(n))
+      np.testing.assert_array_equal(common.interleave(np.stack(shares), n), np.arange(n))
+  # Every process makes the same number of device calls: missing batches are padding.
+  empty = np.zeros((0, 2))
+  a, b = np.ones((3, 2)), np.ones((1, 2))
+  assert [x.shape[0] for x in common._exactly(iter([a, b]), 3, empty)] == [3, 1, 0]
+  with pytest.raises(ValueError, match="more rows than 1 device calls"):
+    list(common._exactly(iter([a, b]), 1, empty))
+
+
+def test_embedder_on_one_process_embeds_the_whole_set_as_its_share(tiny):
+  module, variables = tiny
+  embedder = evaluators.Embedder(module, batch_size=16, progress=False)
+  assert (embedder.process_count, embedder.process_rank) == (1, 0)
+  images = np.random.default_rng(1).integers(0, 256, (21, 32, 32, 3), dtype=np.uint8)
+  np.testing.assert_array_equal(embedder.share(21), np.arange(21))
+  share = embedder.embed_image_share(variables, [images[:4], images[4:]], 21)
+  np.testing.assert_array_equal(share, embedder.embed_images(variables, images))
+  np.testing.assert_array_equal(embedder.gather(share, 21), share)
+  counts = {"top1": np.arange(3)}
+  assert embedder.sum_over_processes(counts) is counts

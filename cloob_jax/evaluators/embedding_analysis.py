@@ -12,6 +12,9 @@ Pairs are (image i, its first caption). Yields, for images and texts separately:
                                       lower = more uniform (the paper's measure)
   {image,text}_rayleigh               Rayleigh's n d ||mean||^2; about d when uniform
 and for the pairs: alignment (Wang & Isola: mean ||x_i - y_i||^2).
+
+On several processes each one embeds its share of the images, and the image embeddings are
+gathered to every process (`common.embed_captioned`), which computes the same analyses.
 """
 
 from __future__ import annotations

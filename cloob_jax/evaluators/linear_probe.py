@@ -10,6 +10,9 @@ the probe is then refit on train + validation and scored on the test set. Featur
 standardised with the train + validation statistics (no labels involved). The fit is a
 full-batch L-BFGS in jax (optax), compiled once and reused for every strength.
 Yields top1 (test), val_top1 and l2 (the chosen strength).
+
+On several processes each one embeds its share of every split's images; the embeddings and
+labels are gathered to every process (`common.embed_labelled`), which all fit the same probe.
 """
 
 from __future__ import annotations

@@ -43,6 +43,54 @@ def topk_indices(queries: np.ndarray, keys: np.ndarray, k: int) -> np.ndarray:
   return out
 
 
+def classification_counts(topk: np.ndarray, labels: np.ndarray,
+                          num_classes: int) -> dict[str, np.ndarray]:
+  """Per-class tallies of a labelled set, or of one process's share of it.
+
+  The tallies of a set are the sums of its shares' (`Embedder.sum_over_processes`), and
+  `metrics_from_counts` turns them into the metrics of `classification_metrics`.
+
+  Args:
+    topk: int [n, k] predicted classes, best first (k >= 5 for top-5); n may be 0.
+    labels: int [n] true classes in [0, num_classes).
+    num_classes: number of classes of the task.
+
+  Returns:
+    int64 [num_classes] arrays: 'examples' (per true class), 'top1' (of those, predicted
+    first) and, when num_classes >= 5, 'top5' (among the first five).
+  """
+  topk = np.asarray(topk)
+  labels = np.asarray(labels, np.int64)
+  if topk.shape[0] != labels.shape[0]:
+    raise ValueError(f"{topk.shape[0]} predictions for {labels.shape[0]} labels")
+  hit1 = topk[:, 0] == labels
+  out = {"examples": np.bincount(labels, minlength=num_classes),
+         "top1": np.bincount(labels[hit1], minlength=num_classes)}
+  if num_classes >= 5:
+    if topk.shape[1] < 5:
+      raise ValueError(f"top-5 needs 5 predictions per example, got {topk.shape[1]}")
+    hit5 = (topk[:, :5] == labels[:, None]).any(axis=1)
+    out["top5"] = np.bincount(labels[hit5], minlength=num_classes)
+  return {k: v.astype(np.int64) for k, v in out.items()}
+
+
+def metrics_from_counts(counts: dict[str, np.ndarray]) -> dict[str, float]:
+  """{'top1', 'top5' (with counts['top5']), 'mean_per_class_recall'} of `classification_counts`
+  tallies; the per-class recall averages over the classes that occur."""
+  examples = np.asarray(counts["examples"])
+  total = int(examples.sum())
+  if total == 0:
+    raise ValueError("no examples to score")
+  top1 = np.asarray(counts["top1"])
+  out = {"top1": int(top1.sum()) / total}
+  if "top5" in counts:
+    out["top5"] = int(np.asarray(counts["top5"]).sum()) / total
+  present = examples > 0
+  recall = top1[present].astype(np.float64) / examples[present]
+  out["mean_per_class_recall"] = float(recall.mean())
+  return out
+
+
 def classification_metrics(topk: np.ndarray, labels: np.ndarray,
                            num_classes: int) -> dict[str, float]:
   """Top-1, top-5 (when there are >= 5 classes) and mean per-class recall.
@@ -56,21 +104,7 @@ def classification_metrics(topk: np.ndarray, labels: np.ndarray,
     {'top1', 'top5' (if num_classes >= 5), 'mean_per_class_recall'}; the per-class recall
     averages over the classes that occur in `labels`.
   """
-  topk = np.asarray(topk)
-  labels = np.asarray(labels)
-  if labels.size == 0:
-    raise ValueError("no examples to score")
-  hit1 = topk[:, 0] == labels
-  out = {"top1": float(hit1.mean())}
-  if num_classes >= 5:
-    if topk.shape[1] < 5:
-      raise ValueError(f"top-5 needs 5 predictions per example, got {topk.shape[1]}")
-    out["top5"] = float((topk[:, :5] == labels[:, None]).any(axis=1).mean())
-  counts = np.bincount(labels, minlength=num_classes)
-  correct = np.bincount(labels, weights=hit1, minlength=num_classes)
-  present = counts > 0
-  out["mean_per_class_recall"] = float((correct[present] / counts[present]).mean())
-  return out
+  return metrics_from_counts(classification_counts(topk, labels, num_classes))
 
 
 def class_cosine(class_embeddings: np.ndarray) -> float:

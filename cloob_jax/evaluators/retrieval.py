@@ -6,6 +6,10 @@
 Image -> text counts an image as found when any of its captions is among the k nearest
 texts; text -> image counts a caption when its own image is among the k nearest images.
 Yields 'image_to_text_recall@k' and 'text_to_image_recall@k' for each k, as fractions.
+
+On several processes each one reads and embeds its share of the images; recall@k ranks every
+query against the whole gallery, so the image embeddings ([n, d] floats) are gathered to every
+process, which all embed every caption (`common.embed_captioned`) and compute the same recalls.
 """
 
 from __future__ import annotations

@@ -10,6 +10,11 @@ as fractions, and class_cosine: the mean cosine between distinct class embedding
 side's view of the task (near 1, the text tower cannot tell the class names apart). Class
 embeddings are computed once per (class names, templates) and model
 weights, and shared between evaluators through the embedder (ImageNet and ImageNet V2).
+
+On several processes each one reads, embeds and scores only its share of the images
+(`Embedder.share`); what crosses between processes is the per-class tallies of correct
+predictions (summed) and the top-5 predictions (ints, gathered for `predictions`), never
+images or image embeddings. The class embeddings are computed by every process alike.
 """
 
 from __future__ import annotations
@@ -71,10 +76,16 @@ class ZeroShotClassification(common.Evaluator):
     source = self.source()
     weights = class_embeddings(self.embedder, variables, source.classnames, source.templates,
                                desc=f"{self.name} prompts")
-    emb, labels = common.embed_labelled(self.embedder, variables, source, desc=self.name,
-                                        num_threads=self.num_threads)
+    # Each process scores its share of the images; the per-class tallies (a few ints per
+    # class) are summed over processes, and the predictions (ints) gathered.
+    emb, labels = common.embed_labelled_share(self.embedder, variables, source, desc=self.name,
+                                              num_threads=self.num_threads)
     top = metrics.topk_indices(emb, weights, 5)
-    self.predictions = {"labels": labels, "top5": top}
-    for metric, value in metrics.classification_metrics(top, labels, len(weights)).items():
+    counts = self.embedder.sum_over_processes(
+        metrics.classification_counts(top, labels, len(weights)))
+    n = len(source)
+    self.predictions = {"labels": self.embedder.gather(labels, n),
+                        "top5": self.embedder.gather(top, n)}
+    for metric, value in metrics.metrics_from_counts(counts).items():
       yield self._metric(metric, value)
     yield self._metric("class_cosine", metrics.class_cosine(weights))

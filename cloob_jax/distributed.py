@@ -1,0 +1,48 @@
+"""Multi-process start-up, shared by the trainer (`cloob_jax.main`) and the eval binary.
+
+    distributed.initialize(coordinator_address="127.0.0.1:12355", num_processes=2, process_id=0,
+                           num_cpu_devices=2)   # a run started by hand (local_multiprocess.sh)
+    distributed.initialize()                    # SLURM or a TPU pod: detected; one host: nothing
+
+Call it before anything touches a jax backend (`jax.devices()`, the first array): the CPU
+device count and the collectives implementation are read when the backend starts.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def detected() -> bool:
+  """True inside a multi-task SLURM job or on a TPU pod's workers (jax reads their setup)."""
+  return int(os.environ.get("SLURM_NTASKS", "1")) > 1 or bool(
+      os.environ.get("TPU_WORKER_HOSTNAMES"))
+
+
+def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None, num_cpu_devices: int | None = None) -> bool:
+  """jax.distributed for an explicit coordinator, a SLURM job or a TPU pod; else nothing.
+
+  Args:
+    coordinator_address: host:port of process 0, for a run started by hand; CPU collectives
+      then go through gloo. Without it, SLURM (SLURM_NTASKS > 1) and TPU pods
+      (TPU_WORKER_HOSTNAMES) are detected and jax reads their environment.
+    num_processes, process_id: the run's process count and this process's index (with
+      coordinator_address).
+    num_cpu_devices: virtual CPU devices of this process (tests, local multi-process runs).
+
+  Returns:
+    Whether jax.distributed was initialised.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  if num_cpu_devices:
+    jax.config.update("jax_num_cpu_devices", int(num_cpu_devices))
+  if coordinator_address:
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=coordinator_address,
+                               num_processes=num_processes, process_id=process_id)
+    return True
+  if detected():
+    jax.distributed.initialize()  # reads SLURM's / the TPU VM's environment
+    return True
+  return False
