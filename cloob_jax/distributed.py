@@ -10,13 +10,20 @@ device count and the collectives implementation are read when the backend starts
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 
 def detected() -> bool:
-  """True inside a multi-task SLURM job or on a TPU pod's workers (jax reads their setup)."""
+  """True inside a multi-task SLURM job or on a GKE TPU pod (jax reads their setup)."""
   return int(os.environ.get("SLURM_NTASKS", "1")) > 1 or bool(
       os.environ.get("TPU_WORKER_HOSTNAMES"))
+
+
+def on_tpu_vm() -> bool:
+  """True where the TPU runtime (libtpu, from jax[tpu]) is installed: a Cloud TPU VM, whose
+  workers learn their pod from the GCE metadata server, not from the environment."""
+  return importlib.util.find_spec("libtpu") is not None
 
 
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
@@ -45,4 +52,10 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
   if detected():
     jax.distributed.initialize()  # reads SLURM's / the TPU VM's environment
     return True
+  if on_tpu_vm():
+    try:  # jax asks the metadata server for the slice's workers (one worker: one process)
+      jax.distributed.initialize()
+      return True
+    except ValueError:  # no TPU cluster found (libtpu installed elsewhere): one process
+      return False
   return False

@@ -18,9 +18,10 @@ to NAME.predictions.npz as well ('{task}.labels' int [n], '{task}.top5' int [n, 
 
 from __future__ import annotations
 
+import io
 import json
 import logging
-import os
+import sys
 import time
 from typing import Any
 
@@ -28,6 +29,7 @@ import numpy as np
 
 from cloob_jax import evaluators
 from cloob_jax import models
+from cloob_jax import paths
 
 # Metrics shown as percentages in the markdown table (the JSON keeps fractions).
 _FRACTION_PREFIXES = ("top", "mean_per_class", "image_to_text", "text_to_image", "val_top")
@@ -65,6 +67,11 @@ def load_model(config, *, workdir: str | None = None, checkpoint: str | None = N
 
 def evaluate(config, module, variables, *, mesh=None):
   """Runs every eval of `config.evals`.
+
+  `mesh` defaults to every device of every process. On several processes each one reads and
+  embeds only its share of each image set; the evaluators sum counts and gather small
+  per-example results (embeddings for retrieval, the probe and the analyses), so every
+  process returns the same results (`evaluators.Embedder`).
 
   Returns:
     (results {task: {metric: value}}, skipped {task: reason}, {task: evaluator}).
@@ -131,40 +138,46 @@ def default_output(config, workdir: str | None, step: int | None) -> str:
   name = config.get("name", "eval")
   if workdir:
     suffix = f"_step{step}" if step is not None else ""
-    return os.path.join(workdir, "eval", f"{name}{suffix}.json")
+    return paths.join(workdir, "eval", f"{name}{suffix}.json")
   return f"eval_{name}.json"
 
 
 def run(config, *, workdir: str | None = None, checkpoint: str | None = None,
         output: str | None = None, step: int | None = None, mesh=None) -> dict:
-  """Loads the model, evaluates, writes JSON + markdown (+ predictions); returns the results."""
+  """Loads the model, evaluates, writes JSON + markdown (+ predictions); returns the results.
+
+  Every path (workdir, checkpoint, output) may be local or a gs:// URL.
+  """
   import jax  # pylint: disable=g-import-not-at-top
+  for what, given in (("--workdir", workdir), ("--checkpoint", checkpoint), ("--output", output)):
+    if given:
+      paths.check(given, what)
   module, variables, description = load_model(config, workdir=workdir, checkpoint=checkpoint,
                                               step=step)
   results, skipped, built = evaluate(config, module, variables, mesh=mesh)
   table = markdown(results, skipped, title=f"{config.get('name', 'eval')}: {description}")
   output = output or default_output(config, workdir, step)
   if jax.process_index() == 0:
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    with open(output, "w") as f:
-      json.dump(results, f, indent=1)
-      f.write("\n")
+    paths.write_text(output, json.dumps(results, indent=1) + "\n")
     stem = output[:-len(".json")] if output.endswith(".json") else output
-    with open(stem + ".md", "w") as f:
-      f.write(table)
+    paths.write_text(stem + ".md", table)
     if config.get("write_predictions", False):
       arrays = {}
       for name, evaluator in built.items():
         for key, value in (getattr(evaluator, "predictions", None) or {}).items():
           arrays[f"{name}.{key}"] = np.asarray(value)
-      np.savez(stem + ".predictions.npz", **arrays)
+      buffer = io.BytesIO()
+      np.savez(buffer, **arrays)
+      paths.write_bytes(stem + ".predictions.npz", buffer.getvalue())
     print(table, flush=True)
     logging.info("wrote %s and %s", output, stem + ".md")
   return results
 
 
 def define_flags(flag_values=None):
-  """Defines --config, --workdir, --checkpoint, --output, --step on `flag_values`."""
+  """Defines --config, --workdir, --checkpoint, --output, --step and the multi-process flags
+  (--coordinator_address, --num_processes, --process_id, --num_cpu_devices, as
+  cloob_jax.main's) on `flag_values`."""
   from absl import flags  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   flag_values = flag_values if flag_values is not None else flags.FLAGS
@@ -177,10 +190,21 @@ def define_flags(flag_values=None):
                       flag_values=flag_values)
   flags.DEFINE_integer("step", None, "Checkpoint step of --workdir (default: the latest).",
                        flag_values=flag_values)
+  flags.DEFINE_string(
+      "coordinator_address", None,
+      "host:port of process 0 for a multi-process eval started by hand (every process runs the "
+      "same command with its own --process_id); TPU VMs and SLURM are detected without it.",
+      flag_values=flag_values)
+  flags.DEFINE_integer("num_processes", None, "Processes in the run.", flag_values=flag_values)
+  flags.DEFINE_integer("process_id", None, "This process's index.", flag_values=flag_values)
+  flags.DEFINE_integer("num_cpu_devices", None,
+                       "Virtual CPU devices per process (tests and local multi-process).",
+                       flag_values=flag_values)
   return flag_values
 
 
 def main_with_flags(flag_values) -> dict:
+  """Evaluates as the flags say; jax (and jax.distributed) must be set up already (`main`)."""
   if flag_values.config is None:
     raise ValueError("--config is required")
   return run(flag_values.config, workdir=flag_values.workdir, checkpoint=flag_values.checkpoint,
@@ -189,14 +213,20 @@ def main_with_flags(flag_values) -> dict:
 
 def main(argv):
   from absl import flags  # pylint: disable=g-import-not-at-top
+  from cloob_jax import distributed  # pylint: disable=g-import-not-at-top
   if len(argv) > 1:
     raise ValueError(f"unexpected arguments: {argv[1:]}")
-  if int(os.environ.get("SLURM_NTASKS", "1")) > 1 or os.environ.get("TPU_WORKER_HOSTNAMES"):
-    import jax  # pylint: disable=g-import-not-at-top
-    # Every process embeds every batch (the Embedder gathers the results everywhere); only
-    # process 0 writes files.
-    jax.distributed.initialize()
-  main_with_flags(flags.FLAGS)
+  # Before anything starts a jax backend. Each process then embeds its share of every image
+  # set, all get the same results, and only process 0 writes files.
+  f = flags.FLAGS
+  distributed.initialize(coordinator_address=f.coordinator_address,
+                         num_processes=f.num_processes, process_id=f.process_id,
+                         num_cpu_devices=f.num_cpu_devices)
+  try:
+    main_with_flags(f)
+  except paths.PathError as e:  # a path no backend can serve: one line, not a traceback
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    sys.exit(2)
 
 
 if __name__ == "__main__":

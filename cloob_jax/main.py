@@ -1,10 +1,11 @@
 """`python -m cloob_jax.main --config=configs/NAME.py[:ARGS] --workdir=DIR [--config.KEY=VALUE]`.
 
-Flags only: multi-host initialisation, then `train.train_and_evaluate`. Re-running the same
-command resumes from the latest checkpoint in DIR.
+Flags only: multi-host initialisation (`distributed.initialize`, shared with the eval binary),
+then `train.train_and_evaluate`. Re-running the same command resumes from the latest
+checkpoint in DIR.
 """
 
-import os
+import sys
 
 from absl import app
 from absl import flags
@@ -27,15 +28,10 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def initialize_distributed():
   """jax.distributed for explicit coordinators, SLURM jobs and TPU pods; nothing for one host."""
-  import jax
-  if _CPU_DEVICES.value:
-    jax.config.update("jax_num_cpu_devices", _CPU_DEVICES.value)
-  if _COORDINATOR.value:
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
-                               num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
-  elif int(os.environ.get("SLURM_NTASKS", "1")) > 1 or os.environ.get("TPU_WORKER_HOSTNAMES"):
-    jax.distributed.initialize()  # reads SLURM's / the TPU VM's environment
+  from cloob_jax import distributed
+  distributed.initialize(coordinator_address=_COORDINATOR.value,
+                         num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value,
+                         num_cpu_devices=_CPU_DEVICES.value)
 
 
 def main(argv):
@@ -44,7 +40,13 @@ def main(argv):
   if not flags.FLAGS["verbosity"].present:  # orbax and grain log every save at INFO
     logging.set_verbosity(logging.WARNING)
   from cloob_jax import config_lib
-  config_lib.validate(_CONFIG.value)  # before any device or data work
+  from cloob_jax import paths
+  try:  # before any device or data work
+    config_lib.validate(_CONFIG.value)
+    paths.makedirs(_WORKDIR.value, "--workdir")  # a URL: its scheme's package, its bucket
+  except paths.PathError as e:  # a path no backend can serve: one line, not a traceback
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    sys.exit(2)
   initialize_distributed()
   from cloob_jax import train
   train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
