@@ -98,12 +98,15 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 def restore_variables(workdir: str, step: int | None = None):
   """A training workdir -> (train config, {'params': ..., 'batch_stats': ...}) as numpy.
 
-  `step=None` takes the latest checkpoint. For evaluation and fine-tuning: no optimizer state
-  and no data iterator are read.
+  `step=None` takes the latest checkpoint. For evaluation and fine-tuning: the arrays are read
+  whole onto this process's first device, whatever mesh and process count saved them, so a
+  run saved on a pod restores on one host and the other way round. The data iterator is not
+  read.
   """
   config = load_config(workdir)
   directory = paths.join(paths.absolute(workdir), "checkpoints")
-  manager = ocp.CheckpointManager(directory, item_names=("state", "data"))
+  manager = ocp.CheckpointManager(directory, item_names=("state", "data"),
+                                  item_handlers={"state": ocp.StandardCheckpointHandler()})
   if step is None:
     step = manager.latest_step()
     if step is None:
@@ -111,7 +114,11 @@ def restore_variables(workdir: str, step: int | None = None):
   elif step not in manager.all_steps():
     raise FileNotFoundError(f"no checkpoint for step {step} under {directory}; "
                             f"have {sorted(manager.all_steps())}")
-  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  saved = manager.item_metadata(step)["state"]
+  here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=here),
+                        getattr(saved, "tree", saved))
+  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
   manager.close()
   state = restored["state"]
   variables = {"params": jax.tree.map(np.asarray, state["params"])}

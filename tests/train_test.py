@@ -193,6 +193,24 @@ def test_sigterm_saves_and_sigkill_resumes_bitwise(reference_run, tmp_path):
     np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
 
 
+def test_restore_variables_on_another_topology(reference_run, tmp_path):
+  """A workdir saved from 8 devices restores whole in a process with 1 device (and 3)."""
+  _, expected = checkpoint.restore_variables(reference_run)
+  for devices in (1, 3):
+    out = str(tmp_path / f"restored{devices}.npz")
+    code = ("import numpy as np, jax; from cloob_jax import checkpoint; "
+            f"_, v = checkpoint.restore_variables({reference_run!r}); "
+            "flat = {jax.tree_util.keystr(k): x for k, x in jax.tree_util.tree_leaves_with_path(v)}; "
+            f"np.savez({out!r}, **flat); print(len(jax.devices()))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=_env(devices),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.split()[-1] == str(devices)
+    restored = np.load(out)
+    for key, value in jax.tree_util.tree_leaves_with_path(expected):
+      np.testing.assert_array_equal(restored[jax.tree_util.keystr(key)], value)
+
+
 def _process(i, workdir, port):
   """Process i of a 2-process run with one CPU device each (launch/local_multiprocess.sh 2 1).
 
