@@ -239,5 +239,5 @@ def run():
     figures["objective"] = fig
     _print_objective(fig)
   if args.json:
-    with open(args.json, "w") as f:
-      json.dump(figures, f, indent=2)
+    from cloob_jax import paths  # pylint: disable=g-import-not-at-top
+    paths.write_text(args.json, json.dumps(figures, indent=2))
