@@ -163,3 +163,31 @@ def test_convert_from_gs_to_gs_then_train_through_the_local_cache(gcs, tmp_path)
   convert_test.check_output(str(copied), good, bad)  # the shards came through unchanged
   assert _remote_steps(workdir)[-1] == 2
   assert not (tmp_path / "gs:").exists()
+
+
+def _upload_tree(local_root, remote_root):
+  for directory, _, files in os.walk(local_root):
+    for name in files:
+      local = os.path.join(directory, name)
+      paths.upload(local, paths.join(remote_root, os.path.relpath(local, local_root)))
+
+
+@pytest.mark.parametrize("layout", ["folder", "clip_benchmark"])
+def test_eval_data_on_gs_reads_as_the_local_copy(gcs, tmp_path, layout):
+  import eval_sources_test as make  # pylint: disable=g-import-not-at-top  (its dataset writers)
+  from cloob_jax.evaluators import sources  # pylint: disable=g-import-not-at-top
+  local = tmp_path / layout
+  if layout == "folder":
+    make._make_folder(local, ["cat_face", "Dog", "PolarBear"], per_class=3)
+  else:
+    make._make_clip_benchmark(local)
+  remote = f"gs://{gcs_server.BUCKET}/evaldata/{layout}"
+  _upload_tree(str(local), remote)
+  assert sources.detect_source(remote, "test") == layout
+  here = sources.classification_source(dict(path=str(local)), 16)
+  there = sources.classification_source(dict(path=remote), 16)
+  assert there.classnames == here.classnames and there.templates == here.templates
+  images_here, labels_here, _ = make._collect(here)
+  images_there, labels_there, _ = make._collect(there)
+  assert labels_there == labels_here
+  np.testing.assert_array_equal(images_there, images_here)

@@ -9,8 +9,9 @@ or the path of a text file with one template per line.
 from __future__ import annotations
 
 import logging
-import os
 from typing import Sequence
+
+from cloob_jax import paths
 
 # A general-purpose ensemble: varied photo conditions and framings.
 DEFAULT = (
@@ -61,8 +62,7 @@ def fill(template: str, classname: str) -> str:
 
 def read_lines(path: str) -> list[str]:
   """Non-empty, stripped lines of a UTF-8 text file."""
-  with open(path, encoding="utf-8") as f:
-    return [line.strip() for line in f if line.strip()]
+  return [line.strip() for line in paths.read_text(path).splitlines() if line.strip()]
 
 
 def resolve(spec: str | Sequence[str] | None) -> tuple[str, ...]:
@@ -74,7 +74,7 @@ def resolve(spec: str | Sequence[str] | None) -> tuple[str, ...]:
       return SETS[spec]
     if spec == "openai_imagenet":
       return openai_imagenet()
-    if not os.path.exists(spec):
+    if not (paths.check(spec, "templates") and paths.exists(spec)):
       raise ValueError(f"templates {spec!r}: neither a set ({', '.join(sorted(SETS))}, "
                        "openai_imagenet) nor an existing file")
     spec = read_lines(spec)

@@ -35,6 +35,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from cloob_jax import paths
 from cloob_jax.data import records
 from cloob_jax.data import synthetic
 from cloob_jax.data import transforms
@@ -141,8 +142,7 @@ def _check_labels(labels: np.ndarray, num_classes: int, where: str):
 
 
 def _read_image(path: str) -> np.ndarray:
-  with open(path, "rb") as f:
-    data = f.read()
+  data = paths.read_bytes(path)
   try:
     return records.decode_image(data)
   except records.BadRecord as e:
@@ -163,9 +163,10 @@ class FolderClassification(ClassificationSource):
 
   def __init__(self, root: str):
     self.root = root
-    if not os.path.isdir(root):
+    if not paths.path(root, "eval data path").is_dir():
       raise FileNotFoundError(f"no folder {root!r}")
-    names = [e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith(".")]
+    names = [e.name for e in paths.path(root).iterdir()
+             if e.is_dir() and not e.name.startswith(".")]
     if not names:
       raise ValueError(f"{root}: no class sub-folders")
     numeric = all(n.isdigit() for n in names)
@@ -174,15 +175,13 @@ class FolderClassification(ClassificationSource):
     labels = []
     videos = 0
     for label, name in enumerate(self.folder_names):
-      for directory, subdirs, files in os.walk(os.path.join(root, name)):
-        subdirs.sort()
-        for f in sorted(files):
-          ext = os.path.splitext(f)[1].lower()
-          if ext in IMAGE_EXTENSIONS:
-            self.files.append(os.path.join(directory, f))
-            labels.append(label)
-          elif ext in VIDEO_EXTENSIONS:
-            videos += 1
+      for f in _files_below(paths.join(root, name)):
+        ext = os.path.splitext(f)[1].lower()
+        if ext in IMAGE_EXTENSIONS:
+          self.files.append(f)
+          labels.append(label)
+        elif ext in VIDEO_EXTENSIONS:
+          videos += 1
     if not self.files:
       if videos:
         raise ValueError(f"{root} holds videos, not images: extract one frame per video (for "
@@ -195,6 +194,16 @@ class FolderClassification(ClassificationSource):
 
   def get(self, index):
     return _read_image(self.files[index]), int(self.labels[index])
+
+
+def _files_below(directory: str) -> Iterator[str]:
+  """Every file below `directory` (local or gs://): a folder's files in name order, then each
+  sub-folder's in name order, as os.walk top-down with sorted names."""
+  entries = sorted(paths.path(directory).iterdir(), key=lambda e: e.name)
+  folders = [e for e in entries if e.is_dir()]
+  yield from (paths.join(directory, e.name) for e in entries if e not in folders)
+  for folder in folders:
+    yield from _files_below(paths.join(directory, folder.name))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,16 +222,16 @@ class ClipBenchmarkClassification(ClassificationSource):
   """
 
   def __init__(self, root: str, split: str | None = "test"):
-    if os.path.isfile(root) and root.endswith(".tar"):
-      shard_dir, shards = os.path.dirname(root), [root]
+    if root.endswith(".tar") and paths.path(root, "eval data path").is_file():
+      shard_dir, shards = root.rsplit("/", 1)[0] if "/" in root else ".", [root]
     else:
       shard_dir = root
-      if split and os.path.isdir(os.path.join(root, split)):
-        shard_dir = os.path.join(root, split)
-      if not os.path.isdir(shard_dir):
+      if split and paths.path(paths.join(root, split)).is_dir():
+        shard_dir = paths.join(root, split)
+      if not paths.path(shard_dir).is_dir():
         raise FileNotFoundError(f"no folder {shard_dir!r}")
-      shards = [os.path.join(shard_dir, f) for f in sorted(os.listdir(shard_dir), key=_natural_key)
-                if f.endswith(".tar")]
+      names = sorted((e.name for e in paths.path(shard_dir).iterdir()), key=_natural_key)
+      shards = [paths.join(shard_dir, f) for f in names if f.endswith(".tar")]
     if not shards:
       raise ValueError(f"{shard_dir}: no .tar shards")
     self.shard_dir = shard_dir
@@ -232,7 +241,7 @@ class ClipBenchmarkClassification(ClassificationSource):
       images: dict[str, _TarMember] = {}
       classes: dict[str, int] = {}
       order: list[str] = []
-      with tarfile.open(shard) as tar:
+      with paths.path(shard).open("rb") as f, tarfile.open(fileobj=f) as tar:
         for m in tar:
           if not m.isfile():
             continue
@@ -256,9 +265,11 @@ class ClipBenchmarkClassification(ClassificationSource):
     self.dataset_templates = self._beside(TEMPLATES_FILE)
 
   def _beside(self, filename: str) -> list[str] | None:
-    for directory in (self.shard_dir, os.path.dirname(os.path.abspath(self.shard_dir))):
-      path = os.path.join(directory, filename)
-      if os.path.exists(path):
+    parent = (self.shard_dir.rstrip("/").rsplit("/", 1)[0] if paths.is_remote(self.shard_dir)
+              else os.path.dirname(os.path.abspath(self.shard_dir)))
+    for directory in (self.shard_dir, parent):
+      path = paths.join(directory, filename)
+      if paths.exists(path):
         return prompts.read_lines(path)
     return None
 
@@ -267,7 +278,7 @@ class ClipBenchmarkClassification(ClassificationSource):
 
   def get(self, index):
     m = self.members[index]
-    with open(m.path, "rb") as f:
+    with paths.path(m.path).open("rb") as f:
       f.seek(m.offset)
       data = f.read(m.size)
     try:
@@ -373,22 +384,24 @@ def detect_source(path: str, split: str | None = None) -> str:
   """The layout at `path`: 'records', 'clip_benchmark', 'folder', or else 'tfds' (a name)."""
   if path.startswith("tfds:"):
     return "tfds"
-  if not os.path.exists(path):
-    if path.startswith((".", os.sep)) or path.endswith(os.sep):
+  where = paths.path(path, "eval data path")
+  if not where.exists():
+    if paths.is_remote(path) or path.startswith((".", os.sep)) or path.endswith(os.sep):
       raise FileNotFoundError(f"no dataset at {path!r}")
     return "tfds"
-  if os.path.isfile(path):
+  if not where.is_dir():
     if path.endswith(".tar"):
       return "clip_benchmark"
     raise ValueError(f"{path} is a file; expected a dataset folder, a .tar shard or a TFDS name")
-  if os.path.exists(records.manifest_path(path)):
+  if paths.exists(records.manifest_path(path)):
     return "records"
   # Shards in the folder itself or in a split folder below it (CLIP_benchmark's 'test/').
-  candidates = [path] + [e.path for e in os.scandir(path) if e.is_dir()]
+  candidates = [path] + [paths.join(path, e.name) for e in where.iterdir() if e.is_dir()]
   if split:
-    candidates.insert(0, os.path.join(path, split))
+    candidates.insert(0, paths.join(path, split))
   for directory in candidates:
-    if os.path.isdir(directory) and any(f.endswith(".tar") for f in os.listdir(directory)):
+    folder = paths.path(directory)
+    if folder.is_dir() and any(e.name.endswith(".tar") for e in folder.iterdir()):
       return "clip_benchmark"
   return "folder"
 
@@ -415,7 +428,7 @@ def _subset(n: int, num_examples: int | None) -> np.ndarray:
 def _named_list(spec, what: str) -> tuple[str, ...]:
   """A list, a built-in list name, or a file with one entry per line."""
   if isinstance(spec, str):
-    if os.path.exists(spec):
+    if paths.check(spec, what) and paths.exists(spec):
       return tuple(prompts.read_lines(spec))
     try:
       return classnames_lib.builtin(spec)
@@ -492,8 +505,8 @@ def classification_source(data, image_size: int, name: str = "data") -> Classifi
                                data.get("templates"))
   elif source == "folder":
     path = data["path"]
-    if data.get("split") and os.path.isdir(os.path.join(path, data["split"])):
-      path = os.path.join(path, data["split"])
+    if data.get("split") and paths.path(paths.join(path, data["split"])).is_dir():
+      path = paths.join(path, data["split"])
     base = FolderClassification(path)
     base.classnames = _classnames(data, base.folder_names, len(base.folder_names), where)
     base.templates = _templates(data, None)
