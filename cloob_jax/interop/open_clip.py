@@ -7,11 +7,11 @@ Keys follow open_clip's `CLIP.state_dict()`: text tower at the top level (`token
 `transformer.resblocks.N...`), image tower under `visual.`. Every expected key must be present
 with the right shape and every given key must be used; otherwise a ValueError names the first
 offender. Torch's layouts are converted: Linear [out, in] -> Dense [in, out], Conv
-[out, in, kh, kw] -> [kh, kw, in, out].
+[out, in, kh, kw] -> [kh, kw, in, out]. The key map and the layouts are declared once in
+`keymap.py`; `cloob_jax.export` writes the same layout back through its inverse.
 """
 
 import io
-import re
 from typing import Any, Mapping
 
 import flax
@@ -20,42 +20,18 @@ import numpy as np
 
 from cloob_jax import models
 from cloob_jax import paths
+from cloob_jax.interop import keymap
 
-# Buffers torch keeps that carry no learned state here.
-_IGNORED = re.compile(r"(^|\.)(num_batches_tracked|attn_mask)$"
-                      r"|^(input_resolution|context_length|vocab_size)$")  # OpenAI's .pt extras
-
-
-def _torch_key(path: tuple[str, ...], collection: str) -> str:
-  """('params', 'text', 'transformer', 'resblocks_0', 'attn', 'in_proj', 'kernel') -> torch key."""
-  parts = list(path)
-  if parts[0] == "text":  # open_clip's CLIP keeps the text tower's modules at the top level
-    parts = parts[1:]
-  leaf = parts.pop()
-  parts = [re.sub(r"^(resblocks|layer\d)_(\d+)$", r"\1.\2", p) for p in parts]
-  parts = [{"downsample_conv": "downsample.0", "downsample_bn": "downsample.1"}.get(p, p)
-           for p in parts]
-  if parts[-2:] == ["attn", "in_proj"]:  # torch's MultiheadAttention fuses q, k, v
-    return ".".join(parts[:-1] + ["in_proj_" + {"kernel": "weight", "bias": "bias"}[leaf]])
-  if collection == "batch_stats":
-    leaf = {"mean": "running_mean", "var": "running_var"}[leaf]
-  else:
-    leaf = {"kernel": "weight", "scale": "weight", "embedding": "weight"}.get(leaf, leaf)
-  return ".".join(parts + [leaf])
+# The layout itself (keys, array orders, ignored buffers) lives in keymap.py, shared with the
+# export (`cloob_jax.export`); these names stay for callers of the earlier private helpers.
+_IGNORED = keymap.IGNORED
+_torch_key = keymap.torch_key
+_as_numpy = keymap.as_numpy
 
 
-def _to_flax(array: np.ndarray, leaf: str, target_ndim: int) -> np.ndarray:
-  if leaf == "kernel" and array.ndim == 4:
-    return array.transpose(2, 3, 1, 0)  # OIHW -> HWIO
-  if leaf == "kernel" and array.ndim == 2:
-    return array.T
-  return array
-
-
-def _as_numpy(value) -> np.ndarray:
-  if hasattr(value, "detach"):  # a torch tensor
-    value = value.detach().cpu().float().numpy()
-  return np.asarray(value)
+def _to_flax(array: np.ndarray, leaf: str, target_ndim: int | None = None) -> np.ndarray:
+  del target_ndim  # the torch array's own rank decides, as before
+  return keymap.to_flax(array, leaf)
 
 
 def _unwrap(state_dict: Mapping[str, Any]) -> dict[str, Any]:
@@ -81,28 +57,7 @@ def convert_state_dict(state_dict: Mapping[str, Any], model_name: str, **overrid
   abstract = jax.eval_shape(
       lambda: module.init(jax.random.key(0), np.zeros((1, size, size, 3), np.float32),
                           np.zeros((1, config.text.context_length), np.int32)))
-  abstract = flax.core.unfreeze(abstract)
-  used = set()
-  flat = {}
-  for collection in sorted(abstract, key=lambda c: c != "params"):  # params first
-    for path, target in flax.traverse_util.flatten_dict(abstract[collection]).items():
-      key = _torch_key(path, collection)
-      if key not in state_dict:
-        raise ValueError(f"state_dict for {model_name!r} is missing key {key!r} "
-                         f"(needed for {collection}/{'/'.join(path)}, shape {target.shape})")
-      value = _to_flax(_as_numpy(state_dict[key]), path[-1], len(target.shape))
-      if key == "logit_scale":
-        value = value.reshape(target.shape)  # some checkpoints store it as [1]
-      if value.shape != target.shape:
-        raise ValueError(f"state_dict key {key!r} has shape {_as_numpy(state_dict[key]).shape}, "
-                         f"which does not fit {model_name!r} ({collection}/{'/'.join(path)} "
-                         f"needs {target.shape} in this project's layout)")
-      used.add(key)
-      flat[(collection,) + path] = value.astype(target.dtype)
-  for key in state_dict:
-    if key not in used and not _IGNORED.search(key):
-      raise ValueError(f"state_dict has unexpected key {key!r} for model {model_name!r}")
-  return flax.traverse_util.unflatten_dict(flat)
+  return keymap.from_state_dict(state_dict, flax.core.unfreeze(abstract), model_name)
 
 
 def read_state_dict(path: str) -> dict[str, np.ndarray]:
