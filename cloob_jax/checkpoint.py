@@ -95,33 +95,42 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(json.loads(paths.read_text(path)))
 
 
+def checkpoint_step(workdir: str, step: int | None = None) -> int:
+  """The step of `workdir`'s checkpoint to read: `step` if it exists, else the latest."""
+  directory = paths.join(paths.absolute(workdir), "checkpoints")
+  steps = []
+  if paths.exists(directory):
+    manager = ocp.CheckpointManager(
+        directory, options=ocp.CheckpointManagerOptions(read_only=True, create=False),
+        item_names=("state", "data"))
+    steps = sorted(manager.all_steps())
+    manager.close()
+  if not steps:
+    raise FileNotFoundError(f"no checkpoint under {directory}")
+  if step is None:
+    return steps[-1]
+  if step not in steps:
+    raise FileNotFoundError(f"no checkpoint for step {step} under {directory}; have {steps}")
+  return step
+
+
 def restore_variables(workdir: str, step: int | None = None):
   """A training workdir -> (train config, {'params': ..., 'batch_stats': ...}) as numpy.
 
-  `step=None` takes the latest checkpoint. For evaluation and fine-tuning: the arrays are read
-  whole onto this process's first device, whatever mesh and process count saved them, so a
-  run saved on a pod restores on one host and the other way round. The data iterator is not
-  read.
+  `step=None` takes the latest checkpoint. For evaluation, export and fine-tuning: only the
+  parameters and batch statistics are read, as whole numpy arrays, whatever mesh and process
+  count saved them (a run saved on a pod restores on one host and the other way round). No
+  optimizer state and no data iterator are read.
   """
   config = load_config(workdir)
-  directory = paths.join(paths.absolute(workdir), "checkpoints")
-  manager = ocp.CheckpointManager(directory, item_names=("state", "data"),
-                                  item_handlers={"state": ocp.StandardCheckpointHandler()})
-  if step is None:
-    step = manager.latest_step()
-    if step is None:
-      raise FileNotFoundError(f"no checkpoint under {directory}")
-  elif step not in manager.all_steps():
-    raise FileNotFoundError(f"no checkpoint for step {step} under {directory}; "
-                            f"have {sorted(manager.all_steps())}")
-  saved = manager.item_metadata(step)["state"]
-  here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=here),
-                        getattr(saved, "tree", saved))
-  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
-  manager.close()
-  state = restored["state"]
-  variables = {"params": jax.tree.map(np.asarray, state["params"])}
-  if state.get("batch_stats"):
-    variables["batch_stats"] = jax.tree.map(np.asarray, state["batch_stats"])
-  return config, variables
+  step = checkpoint_step(workdir, step)
+  item = paths.path(paths.join(paths.absolute(workdir), "checkpoints", str(step), "state"))
+  checkpointer = ocp.PyTreeCheckpointer()
+  saved = checkpointer.metadata(item)
+  saved = getattr(saved, "item_metadata", saved)
+  saved = getattr(saved, "tree", saved)
+  wanted = {k: saved[k] for k in ("params", "batch_stats") if saved.get(k)}
+  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), wanted)
+  restored = checkpointer.restore(item, args=ocp.args.PyTreeRestore(
+      item=wanted, restore_args=restore_args, partial_restore=True))
+  return config, {k: jax.tree.map(np.asarray, restored[k]) for k in wanted}

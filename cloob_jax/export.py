@@ -186,44 +186,6 @@ def metadata(name: str, overrides: dict, config, variables, *, fmt: str, source:
 # --------------------------------------------------------------------------- sources
 
 
-def restore_workdir(workdir: str, step: int | None = None):
-  """A training workdir -> (train config, step, {'params', 'batch_stats'} as numpy).
-
-  Reads only the parameters and batch statistics of the step's train state, as numpy arrays,
-  so the export runs on any device topology (the training's mesh is not needed).
-  """
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  from cloob_jax import checkpoint  # pylint: disable=g-import-not-at-top
-  train_config = checkpoint.load_config(workdir)
-  directory = paths.join(paths.absolute(workdir), "checkpoints")
-  steps = []
-  if paths.exists(directory):
-    manager = ocp.CheckpointManager(
-        directory, options=ocp.CheckpointManagerOptions(read_only=True, create=False),
-        item_names=("state", "data"))
-    steps = sorted(manager.all_steps())
-    manager.close()
-  if not steps:
-    raise FileNotFoundError(f"no checkpoint under {directory}")
-  if step is None:
-    step = steps[-1]
-  elif step not in steps:
-    raise FileNotFoundError(f"no checkpoint for step {step} under {directory}; have {steps}")
-  item = paths.path(directory) / str(step) / "state"
-  checkpointer = ocp.PyTreeCheckpointer()
-  tree = checkpointer.metadata(item)
-  tree = getattr(tree, "item_metadata", tree)
-  tree = getattr(tree, "tree", tree)
-  wanted = {k: tree[k] for k in ("params", "batch_stats") if tree.get(k)}
-  import jax  # pylint: disable=g-import-not-at-top
-  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), wanted)
-  variables = checkpointer.restore(item, args=ocp.args.PyTreeRestore(
-      item=wanted, restore_args=restore_args, partial_restore=True))
-  variables = {k: jax.tree.map(np.asarray, v) for k, v in variables.items() if k in wanted}
-  return train_config, step, variables
-
-
 # --------------------------------------------------------------------------- writers
 
 
@@ -433,7 +395,8 @@ def run(*, fmt: str, output: str, workdir: str | None = None, step: int | None =
   config = models.get_config(name, **overrides)
   check_fits(name, config, fmt)  # before anything is read
   if workdir:
-    train_config, step, variables = restore_workdir(workdir, step)
+    step = checkpoint_lib.checkpoint_step(workdir, step)
+    train_config, variables = checkpoint_lib.restore_variables(workdir, step)
     source = paths.absolute(workdir)
   else:
     from cloob_jax.interop import open_clip  # pylint: disable=g-import-not-at-top

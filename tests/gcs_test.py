@@ -2,7 +2,8 @@
 
 The main binary trains `configs/demo.py:tiny=True` into gs://, is SIGKILLed, resumes and ends
 bitwise equal to an uninterrupted local run; the eval binary reads that workdir back and
-writes its results to gs://; webdataset tars on gs:// convert to shards on gs://, which train
+writes its results to gs://, and the export binary writes it to gs:// as an open_clip folder
+that open_clip loads with equal embeddings; webdataset tars on gs:// convert to shards on gs://, which train
 through the local cache. No
 local folder named `gs:` is ever created. Bad paths get one line and exit code 2.
 """
@@ -109,7 +110,41 @@ def test_train_kill_resume_and_eval_on_gs(gcs, tmp_path):
   assert {"colour", "shape", "retrieval"} <= set(results)
   assert paths.exists(f"gs://{gcs_server.BUCKET}/evals/tiny.md")
 
+  # The export binary reads the gs:// workdir and writes an open_clip folder to gs://, which
+  # open_clip loads (after a download: local-dir: takes a local folder) with equal embeddings.
+  exported = f"gs://{gcs_server.BUCKET}/exports/tiny"
+  proc = subprocess.run(
+      [sys.executable, "-m", "cloob_jax.export", f"--workdir={RUN}", "--format=open_clip",
+       f"--output={exported}"], cwd=cwd, env=_env(gcs), capture_output=True, text=True,
+      timeout=600)
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  _check_open_clip_embeddings(exported, train_config, resumed, tmp_path / "exported")
+
   assert not (cwd / "gs:").exists() and not os.path.exists(os.path.join(REPO, "gs:"))
+
+
+def _check_open_clip_embeddings(remote, train_config, variables, local):
+  open_clip = pytest.importorskip("open_clip")
+  import torch  # pylint: disable=g-import-not-at-top
+  from cloob_jax import models  # pylint: disable=g-import-not-at-top
+  from cloob_jax.data import tokenizer  # pylint: disable=g-import-not-at-top
+  local.mkdir()
+  for item in paths.path(remote).iterdir():
+    paths.download(str(item), str(local / item.name))
+  module = models.create_model(train_config.model.name, **train_config.model.overrides.to_dict())
+  size = module.visual.image_size
+  images = np.random.default_rng(0).standard_normal((3, size, size, 3)).astype(np.float32)
+  tokens = tokenizer.tokenize(["a red circle", "two blue squares", "x"],
+                              module.text.context_length)
+  ours = [np.asarray(module.apply(variables, images, method=module.encode_image)),
+          np.asarray(module.apply(variables, tokens, method=module.encode_text))]
+  model, _, _ = open_clip.create_model_and_transforms(f"local-dir:{local}")
+  model.eval()
+  with torch.no_grad():
+    theirs = [model.encode_image(torch.from_numpy(images).permute(0, 3, 1, 2), normalize=True),
+              model.encode_text(torch.from_numpy(np.asarray(tokens, np.int64)), normalize=True)]
+  for a, b in zip(ours, theirs):
+    assert np.abs(a - b.numpy()).max() <= 1e-4
 
 
 def _one_line_error(proc_out, *needles):
