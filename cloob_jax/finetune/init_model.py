@@ -1,0 +1,86 @@
+"""The model a fine-tuning run starts from: a training workdir or a checkpoint file.
+
+    config.init.workdir = 'runs/demo'; config.init.step = None      # the latest checkpoint
+    config.init.checkpoint = 'RN50.safetensors'; config.init.model = 'RN50'   # open_clip/OpenAI,
+                                                # original CLOOB: what interop.open_clip reads
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import numpy as np
+
+from cloob_jax import models
+from cloob_jax import paths
+
+
+@dataclasses.dataclass(frozen=True)
+class InitModel:
+  name: str                      # registry name (models.get_config)
+  overrides: dict[str, Any]
+  model_config: models.ModelConfig
+  module: Any
+  variables: dict[str, Any]      # {'params': ..., 'batch_stats': ...} as numpy
+  train_config: Any              # the training workdir's config, or None for a file
+  step: int | None               # the checkpoint step of a workdir
+  source: str                    # where it came from, for logs and export metadata
+
+
+def _as_dict(value) -> dict[str, Any]:
+  if value is None:
+    return {}
+  return value.to_dict() if hasattr(value, "to_dict") else dict(value)
+
+
+def check(init) -> None:
+  """Refuses an init config that names no model, cheaply (nothing is read)."""
+  workdir, file = init.get("workdir") or "", init.get("checkpoint") or ""
+  if bool(workdir) == bool(file):
+    raise ValueError("give exactly one of config.init.workdir (a training workdir) and "
+                     "config.init.checkpoint (an open_clip / OpenAI / CLOOB file)")
+  if file and not init.get("model"):
+    raise ValueError("config.init.checkpoint needs config.init.model, the architecture (one "
+                     f"of {', '.join(models.list_models())})")
+  if workdir and init.get("model"):
+    raise ValueError("config.init.model goes with config.init.checkpoint; a workdir names its "
+                     "own model")
+  if file and init.get("step") is not None:
+    raise ValueError("config.init.step goes with config.init.workdir")
+  paths.check(workdir or file, "config.init.workdir" if workdir else "config.init.checkpoint")
+  if file and not paths.exists(file):
+    raise FileNotFoundError(f"config.init.checkpoint {file!r} does not exist")
+
+
+def locate(init) -> tuple[Any, int | None]:
+  """(the workdir's train config, the checkpoint step) without reading weights; (None, None)
+  for a file. Raises FileNotFoundError for a missing workdir or step."""
+  if not init.get("workdir"):
+    return None, None
+  from cloob_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  train_config = checkpoint.load_config(init.workdir)
+  return train_config, checkpoint.checkpoint_step(init.workdir, init.get("step"))
+
+
+def load(init) -> InitModel:
+  """Reads the model `config.init` names (as numpy)."""
+  check(init)
+  train_config, step = locate(init)
+  if train_config is not None:
+    from cloob_jax import checkpoint  # pylint: disable=g-import-not-at-top
+    name = train_config.model.name
+    overrides = _as_dict(train_config.model.get("overrides"))
+    _, variables = checkpoint.restore_variables(init.workdir, step)
+    source = f"{paths.absolute(init.workdir)} step {step}"
+  else:
+    from cloob_jax.interop import open_clip  # pylint: disable=g-import-not-at-top
+    name, overrides = init.model, _as_dict(init.get("overrides"))
+    _, variables = open_clip.load(init.checkpoint, name, **overrides)
+    source = paths.absolute(init.checkpoint)
+  model_config = models.get_config(name, **overrides)
+  variables = {k: jax.tree.map(lambda x: np.asarray(x), v) for k, v in variables.items() if v}
+  variables.setdefault("batch_stats", {})
+  return InitModel(name, overrides, model_config, models.build(model_config), variables,
+                   train_config, step, source)
