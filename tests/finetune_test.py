@@ -297,3 +297,65 @@ def test_bad_input_is_one_line_and_exit_2(init_workdir, tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error: "), (name, err)
     assert cases[name][1] in lines[0], (name, lines[0])
     assert not os.path.exists(tmp_path / name), name
+
+
+def test_checkpoint_file_initialises_like_its_workdir(init_workdir, tmp_path):
+  from cloob_jax import export
+  out = str(tmp_path / "open_clip")
+  export.run(fmt="open_clip", output=out, workdir=init_workdir)
+  train_config = checkpoint.load_config(init_workdir)
+  config = _config(init_workdir)
+  config.init.workdir = ""
+  config.init.checkpoint = os.path.join(out, export.OPEN_CLIP_WEIGHTS)
+  config.init.model = train_config.model.name
+  config.init.overrides = train_config.model.overrides
+  from_file = init_model.load(config.init)
+  from_workdir = init_model.load(_config(init_workdir).init)
+  assert from_file.model_config == from_workdir.model_config
+  for a, b in zip(jax.tree.leaves(from_workdir.variables), jax.tree.leaves(from_file.variables)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_class_folder_split_and_stream_resume(tmp_path):
+  from PIL import Image
+  root = tmp_path / "folder"
+  rng = np.random.default_rng(0)
+  for c, name in enumerate(("red_apple", "green_pear", "blue_plum")):
+    (root / name).mkdir(parents=True)
+    for i in range(10):
+      pixels = np.full((40, 50, 3), 40, np.uint8)
+      pixels[..., c] = 200 + rng.integers(0, 50)
+      Image.fromarray(pixels).save(root / name / f"{i}.png")
+  config = config_lib.load_config_file(
+      f"configs/finetune/dataset.py:workdir=unused,path={root},val_fraction=0.3")
+  splits = data_lib.load_splits(config.data, 16)
+  assert splits.classnames == ("blue plum", "green pear", "red apple")
+  assert (len(splits.train), len(splits.val)) == (21, 9)
+  assert not set(splits.train.indices) & set(splits.val.indices)
+  again = data_lib.load_splits(config.data, 16)
+  np.testing.assert_array_equal(again.val.indices, splits.val.indices)
+
+  def stream():
+    return data_lib.create_train_iterator(splits, global_batch_size=8, image_size=16, seed=3,
+                                          context_length=16, process_index=0, process_count=1)
+
+  first = stream()
+  batches = [next(first) for _ in range(2)]
+  state = first.get_state()
+  rest = [next(first) for _ in range(4)]  # past the end of the first epoch
+  resumed = stream()
+  resumed.set_state(state)
+  for want in rest:
+    got = next(resumed)
+    for key in ("image", "label", "tokens"):
+      np.testing.assert_array_equal(got[key], want[key])
+  assert batches[0]["image"].shape == (8, 16, 16, 3) and batches[0]["tokens"].shape == (8, 16)
+  labels = np.concatenate([b["label"] for b in batches + rest])
+  assert set(labels) == {0, 1, 2}
+  # FLYP's caption of an example: one of the templates filled with its class name.
+  from cloob_jax.data import tokenizer
+  from cloob_jax.evaluators import prompts
+  for batch in batches:
+    for label, tokens in zip(batch["label"], batch["tokens"]):
+      captions = [prompts.fill(t, splits.classnames[label]) for t in splits.templates]
+      assert any((tokens == row).all() for row in tokenizer.tokenize(captions, 16))

@@ -36,6 +36,9 @@ def get_config(arg=None):
     config.init.step = arg.step
   config.init.checkpoint = arg.checkpoint
   config.init.model = arg.model
+  # Model overrides of a checkpoint file's architecture (models.create_model), e.g.
+  # dict(quick_gelu=True); a workdir's come from its own config.json.
+  config.init.overrides = ml_collections.ConfigDict()
 
   config.mode = arg.mode
   config.method = arg.method  # FLYP's contrastive objective (ignored by the other modes)
