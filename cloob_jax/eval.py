@@ -49,14 +49,15 @@ def load_model(config, *, workdir: str | None = None, checkpoint: str | None = N
   if checkpoint:
     from cloob_jax.interop import open_clip  # pylint: disable=g-import-not-at-top
     model = config.get("model") or {}
-    name = model.get("name")
-    if not name:
-      raise ValueError("--checkpoint needs the architecture: add :model=NAME to --config "
-                       f"(one of {', '.join(models.list_models())})")
     if step is not None:
       logging.warning("--step is ignored with --checkpoint")
-    module, variables = open_clip.load(checkpoint, name, **_as_dict(model.get("overrides")))
-    return module, variables, f"{checkpoint} ({name})"
+    # The architecture from the config; an original CLOOB checkpoint may name its own, which
+    # the config's, when given, must agree with.
+    name, overrides, state_dict = open_clip.read_checkpoint(
+        checkpoint, model.get("name"), what=":model=NAME in --config",
+        **_as_dict(model.get("overrides")))
+    variables = open_clip.convert_state_dict(state_dict, name, **overrides)
+    return models.create_model(name, **overrides), variables, f"{checkpoint} ({name})"
   from cloob_jax import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
   train_config, variables = checkpoint_lib.restore_variables(workdir, step=step)
   module = models.create_model(train_config.model.name,

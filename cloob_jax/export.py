@@ -375,8 +375,6 @@ def run(*, fmt: str, output: str, workdir: str | None = None, step: int | None =
     raise ExportError(f"unknown --format={fmt!r}; known: {', '.join(FORMATS)}")
   if bool(workdir) == bool(checkpoint):
     raise ExportError("give exactly one of --workdir and --checkpoint")
-  if checkpoint and not model:
-    raise ExportError("--checkpoint needs --model=NAME, the architecture of the file")
   if workdir and model:
     raise ExportError("--model goes with --checkpoint; a workdir names its own model")
   if checkpoint and step is not None:
@@ -392,15 +390,21 @@ def run(*, fmt: str, output: str, workdir: str | None = None, step: int | None =
     overrides = overrides.to_dict() if hasattr(overrides, "to_dict") else dict(overrides or {})
   else:
     name, overrides = model, {}
-  config = models.get_config(name, **overrides)
-  check_fits(name, config, fmt)  # before anything is read
+  if name:
+    check_fits(name, models.get_config(name, **overrides), fmt)  # before anything is read
   if workdir:
+    config = models.get_config(name, **overrides)
     step = checkpoint_lib.checkpoint_step(workdir, step)
     train_config, variables = checkpoint_lib.restore_variables(workdir, step)
     source = paths.absolute(workdir)
   else:
+    # An open_clip / OpenAI file needs --model; an original CLOOB checkpoint may name its own
+    # architecture (--model, when given, must agree) and is built with QuickGELU.
     from cloob_jax.interop import open_clip  # pylint: disable=g-import-not-at-top
-    _, variables = open_clip.load(checkpoint, name)
+    name, overrides, state_dict = open_clip.read_checkpoint(checkpoint, model)
+    config = models.get_config(name, **overrides)
+    check_fits(name, config, fmt)  # before anything is written
+    variables = open_clip.convert_state_dict(state_dict, name, **overrides)
     source = paths.absolute(checkpoint)
   info = metadata(name, overrides, config, variables, fmt=fmt, source=source,
                   train_config=train_config, step=step)

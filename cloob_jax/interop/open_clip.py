@@ -8,7 +8,8 @@ Keys follow open_clip's `CLIP.state_dict()`: text tower at the top level (`token
 with the right shape and every given key must be used; otherwise a ValueError names the first
 offender. Torch's layouts are converted: Linear [out, in] -> Dense [in, out], Conv
 [out, in, kh, kw] -> [kh, kw, in, out]. The key map and the layouts are declared once in
-`keymap.py`; `cloob_jax.export` writes the same layout back through its inverse.
+`keymap.py`; `cloob_jax.export` writes the same layout back through its inverse. Original
+CLOOB checkpoints (ml-jku/cloob) are renamed to this layout on reading (`cloob_original.py`).
 """
 
 import io
@@ -20,6 +21,7 @@ import numpy as np
 
 from cloob_jax import models
 from cloob_jax import paths
+from cloob_jax.interop import cloob_original
 from cloob_jax.interop import keymap
 
 # The layout itself (keys, array orders, ignored buffers) lives in keymap.py, shared with the
@@ -60,9 +62,9 @@ def convert_state_dict(state_dict: Mapping[str, Any], model_name: str, **overrid
   return keymap.from_state_dict(state_dict, flax.core.unfreeze(abstract), model_name)
 
 
-def read_state_dict(path: str) -> dict[str, np.ndarray]:
-  """Reads `.safetensors` (no torch needed) or a torch `.pt`/`.bin`/`.pth` (weights only),
-  from a local path or a gs:// URL (read whole into memory)."""
+def _read(path: str) -> Mapping[str, Any]:
+  """The file's top-level dict as stored: a safetensors state dict, or what `torch.load`
+  (weights only) gives (a state dict, or a training checkpoint holding one)."""
   if not paths.exists(path):
     raise FileNotFoundError(f"no checkpoint at {path!r}")
   source = io.BytesIO(paths.read_bytes(path)) if paths.is_remote(path) else path
@@ -77,16 +79,58 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
     raise ImportError(f"reading {path!r} needs torch; convert it to .safetensors or "
                       "`pip install torch`") from e
   try:
-    state = torch.load(source, map_location="cpu", weights_only=True)
+    return torch.load(source, map_location="cpu", weights_only=True)
   except RuntimeError:
     # OpenAI's released .pt files are TorchScript archives, not pickled state dicts.
     if isinstance(source, io.BytesIO):
       source.seek(0)
-    state = torch.jit.load(source, map_location="cpu").state_dict()
+    return torch.jit.load(source, map_location="cpu").state_dict()
+
+
+def _state_dict(stored: Mapping[str, Any]) -> dict[str, np.ndarray]:
+  """A stored dict -> its open_clip-layout state dict (numpy), the original CLOOB layout
+  (`cloob_original`) renamed."""
+  state = stored["state_dict"] if isinstance(stored.get("state_dict"), Mapping) else stored
+  if cloob_original.is_original(state):
+    state = cloob_original.normalise(state)
   return {k: _as_numpy(v) for k, v in _unwrap(state).items() if hasattr(v, "shape")}
 
 
-def load(path: str, model_name: str, **overrides):
-  """Reads an open_clip / OpenAI checkpoint -> (module, variables)."""
-  variables = convert_state_dict(read_state_dict(path), model_name, **overrides)
+def read_state_dict(path: str) -> dict[str, np.ndarray]:
+  """Reads `.safetensors` (no torch needed) or a torch `.pt`/`.bin`/`.pth` (weights only),
+  from a local path or a gs:// URL (read whole into memory), as an open_clip-layout state
+  dict; an original CLOOB checkpoint's keys are renamed to it (`cloob_original`)."""
+  return _state_dict(_read(path))
+
+
+def read_checkpoint(path: str, model_name: str | None = None, *, what: str = "--model=NAME",
+                    **overrides) -> tuple[str, dict[str, Any], dict[str, np.ndarray]]:
+  """(model name, overrides, open_clip-layout state dict) of the checkpoint at `path`.
+
+  An open_clip / OpenAI file carries no architecture: `model_name` names it. An original
+  CLOOB checkpoint may carry its own (`cloob_original.resolve_model`): `model_name`, when
+  given, must agree, and QuickGELU is switched on. `what` says how the caller's user names
+  the model, for the error when none is known. Raises a one-line ValueError.
+  """
+  if not model_name and not paths.exists(path):
+    raise ValueError(f"no checkpoint at {path!r} to read an architecture from; give it with "
+                     f"{what} (one of {', '.join(models.list_models())})")
+  stored = _read(path)
+  state = stored["state_dict"] if isinstance(stored.get("state_dict"), Mapping) else stored
+  if cloob_original.is_original(state):
+    model_name, overrides = cloob_original.resolve_model(stored, model_name, path, what,
+                                                         overrides)
+  elif not model_name:
+    raise ValueError(f"{path} does not name its architecture (an open_clip / OpenAI state "
+                     f"dict); give it with {what} (one of {', '.join(models.list_models())})")
+  return model_name, overrides, _state_dict(stored)
+
+
+def load(path: str, model_name: str | None = None, **overrides):
+  """Reads an open_clip / OpenAI / original CLOOB checkpoint -> (module, variables).
+
+  `model_name` may be left out for an original CLOOB checkpoint that names its architecture.
+  """
+  model_name, overrides, state_dict = read_checkpoint(path, model_name, **overrides)
+  variables = convert_state_dict(state_dict, model_name, **overrides)
   return models.create_model(model_name, **overrides), variables
