@@ -178,8 +178,15 @@ def test_end_to_end_beats_zero_shot_and_writes_the_outputs(e2e_run, init_workdir
 def test_sigkill_then_resume_is_bitwise_equal(e2e_run, init_workdir, tmp_path):
   workdir = str(tmp_path / "killed")
   proc = _finetune(workdir, f"workdir={init_workdir},{E2E}", *E2E_FLAGS, wait=False)
-  target = 50 + random.randint(3, 30)  # after the step-50 checkpoint, before the next one
+  # Killed a few steps after the step-50 checkpoint is complete (orbax writes it in the
+  # background and renames its folder to '50' when done).
+  saved = os.path.join(workdir, "checkpoints", "50")
   deadline = time.time() + 300
+  while not os.path.isdir(saved):
+    assert proc.poll() is None, proc.communicate()
+    assert time.time() < deadline
+    time.sleep(0.01)
+  target = _last_step(workdir) + random.randint(1, 10)
   while _last_step(workdir) < target:
     assert proc.poll() is None, proc.communicate()
     assert time.time() < deadline

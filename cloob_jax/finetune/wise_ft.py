@@ -89,7 +89,8 @@ def write(workdir: str, rows: Sequence[dict[str, float]], title: str,
   """Writes the JSON, markdown and PNG into `workdir`; returns their paths."""
   out = {**summary(rows), **(extra or {})}
   files = {JSON_FILE: (json.dumps(out, indent=1) + "\n").encode(),
-           MARKDOWN_FILE: markdown(rows, title).encode(), PLOT_FILE: plot_png(rows, title)}
+           MARKDOWN_FILE: markdown(rows, title).encode(),
+           PLOT_FILE: plot_png(rows, title.split(", from ")[0])}
   written = []
   for name, data in files.items():
     path = paths.join(workdir, name)
