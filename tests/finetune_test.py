@@ -292,6 +292,7 @@ def test_bad_input_is_one_line_and_exit_2(init_workdir, tmp_path):
       "task": (f"workdir={init_workdir},task=shapes", "config.data.train.task='shapes'"),
       "workdir": (f"workdir={tmp_path / 'nowhere'}", "config.json not found"),
       "step": (f"workdir={init_workdir},step=3", "no checkpoint for step 3"),
+      "file": (f"checkpoint={tmp_path / 'none.safetensors'},model=ViT-tiny", "does not exist"),
       "both": (f"workdir={init_workdir},checkpoint=x.safetensors,model=ViT-tiny",
                "give exactly one of"),
   }

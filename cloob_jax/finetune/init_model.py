@@ -1,8 +1,9 @@
 """The model a fine-tuning run starts from: a training workdir or a checkpoint file.
 
     config.init.workdir = 'runs/demo'; config.init.step = None      # the latest checkpoint
-    config.init.checkpoint = 'RN50.safetensors'; config.init.model = 'RN50'   # open_clip/OpenAI,
-                                                # original CLOOB: what interop.open_clip reads
+    config.init.checkpoint = 'RN50.safetensors'; config.init.model = 'RN50'   # open_clip/OpenAI
+    config.init.checkpoint = 'cloob_rn50.pt'     # an original CLOOB checkpoint may name its own
+                                                 # architecture: what interop.open_clip reads
 """
 
 from __future__ import annotations
@@ -41,9 +42,6 @@ def check(init) -> None:
   if bool(workdir) == bool(file):
     raise ValueError("give exactly one of config.init.workdir (a training workdir) and "
                      "config.init.checkpoint (an open_clip / OpenAI / CLOOB file)")
-  if file and not init.get("model"):
-    raise ValueError("config.init.checkpoint needs config.init.model, the architecture (one "
-                     f"of {', '.join(models.list_models())})")
   if workdir and init.get("model"):
     raise ValueError("config.init.model goes with config.init.checkpoint; a workdir names its "
                      "own model")
@@ -76,8 +74,12 @@ def load(init) -> InitModel:
     source = f"{paths.absolute(init.workdir)} step {step}"
   else:
     from cloob_jax.interop import open_clip  # pylint: disable=g-import-not-at-top
-    name, overrides = init.model, _as_dict(init.get("overrides"))
-    _, variables = open_clip.load(init.checkpoint, name, **overrides)
+    # An open_clip / OpenAI file needs config.init.model; an original CLOOB checkpoint may name
+    # its own architecture (config.init.model, when given, must agree) and uses QuickGELU.
+    name, overrides, state_dict = open_clip.read_checkpoint(
+        init.checkpoint, init.get("model") or None, what="config.init.model (:model=NAME)",
+        **_as_dict(init.get("overrides")))
+    variables = open_clip.convert_state_dict(state_dict, name, **overrides)
     source = paths.absolute(init.checkpoint)
   model_config = models.get_config(name, **overrides)
   variables = {k: jax.tree.map(lambda x: np.asarray(x), v) for k, v in variables.items() if v}
