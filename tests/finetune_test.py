@@ -11,7 +11,6 @@ steps). Runs of the binary use 2 virtual CPU devices and share the suite's compi
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
 import time
