@@ -6,14 +6,29 @@
 
 Every image is checked with `records.decode_image` and every caption with
 `records.clean_caption`; the original image bytes are stored, never re-encoded.
-Bad samples are skipped and counted by reason in the manifest.
+Bad samples are skipped and counted by reason in the manifest. A caption longer
+than --max-caption-chars characters (default 4096; 0: no limit) keeps its first
+that many, trailing whitespace stripped, and is counted in `captions_truncated`
+(CLIP's tokenizer reads 77 tokens, so this loses nothing a model sees).
+
+Tar members are only ever read, never extracted. A member that is a link, a
+device or another special file, or whose name is absolute or has a `..` part,
+is not read at all and is counted as skipped under "unsafe_member".
 
 Work is split into units (one input tar, or one chunk of CSV rows), each written
 to its own shard `shard-NNNNN.array_record` via a temporary name and renamed when
-complete; the manifest lists completed units and is rewritten after each one.
-Re-running an interrupted conversion with the same arguments converts only the
-missing units, so no record is lost or duplicated. Do not run two conversions
+complete; the manifest lists converted units under "shards" and is rewritten
+after each one. A unit whose input cannot be opened or read to its end (a
+missing or truncated tar, an I/O error, an image file that exists but cannot be
+read) keeps no records: it is listed under "failed" with the error and retried
+by the next run. Re-running with the same arguments converts only the units not
+yet converted, so no record is lost or duplicated. Do not run two conversions
 into the same directory at the same time.
+
+A finished run (manifest "complete": true) with failed units is readable for
+training, with the converted units only, as webdataset loaders carry on past an
+unreadable shard; the summary names each failed input, and the command exits
+with status 1 so that a script can re-run it.
 
 Inputs (tars, the CSV, its image root) and OUT_DIR may be gs:// URLs (`cloob_jax.paths`).
 ArrayRecord writes local files, so a remote OUT_DIR's shards are written to a local staging
@@ -34,6 +49,7 @@ import multiprocessing
 import os
 import re
 import shutil
+import sys
 import tarfile
 import tempfile
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -43,6 +59,9 @@ from cloob_jax.data import records
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 DEFAULT_ROWS_PER_SHARD = 10_000
+DEFAULT_MAX_CAPTION_CHARS = 4096
+# Counted in the manifest's `skipped` next to `records.REASONS`; only the converter meets it.
+UNSAFE_MEMBER = "unsafe_member"
 # JPEG validation decodes at 1/8 scale: all entropy-coded data is still parsed,
 # so truncation and corruption are caught at a third of the cost.
 _VALIDATE_DRAFT = 64
@@ -90,58 +109,88 @@ def _shard_name(unit: int) -> str:
 # Units (run in worker processes; module-level so that they pickle).
 
 
-def _validate(image_bytes: bytes, caption, max_pixels: int, min_side: int) -> str:
-  """Returns the cleaned caption or raises BadRecord."""
+def _validate(image_bytes: bytes, caption, max_pixels: int, min_side: int,
+              max_caption_chars: int) -> tuple[str, bool]:
+  """Returns (cleaned caption, whether it was truncated) or raises BadRecord."""
   caption = records.clean_caption(caption)
   records.decode_image(image_bytes, max_pixels=max_pixels, min_side=min_side,
                        draft_size=_VALIDATE_DRAFT)
-  return caption
-
-
-def _write_unit(out_path: str, samples: Iterable[tuple[str, bytes | None, Any]],
-                max_pixels: int, min_side: int) -> dict[str, Any]:
-  """Validates samples (key, image_bytes, caption) into one shard; returns its entry."""
-  skipped: dict[str, int] = {}
-  writer = records.ShardWriter(out_path)
-  error = None
-  try:
-    try:
-      for key, image_bytes, caption in samples:
-        try:
-          if image_bytes is None or caption is None:
-            raise records.BadRecord("missing", "no image" if caption is not None
-                                    else "no caption")
-          caption = _validate(image_bytes, caption, max_pixels, min_side)
-        except records.BadRecord as e:
-          skipped[e.reason] = skipped.get(e.reason, 0) + 1
-          continue
-        writer.write(image_bytes, caption, key)
-    except _InputError as e:  # a broken input ends its unit; keep what was read
-      error = str(e)
-    writer.close()
-  except BaseException:
-    writer.abort()
-    raise
-  entry = {"file": os.path.basename(out_path), "num_records": writer.num_records,
-           "skipped": records.sum_counts([skipped])}
-  if error:
-    entry["error"] = error
-  return entry
+  if max_caption_chars and len(caption) > max_caption_chars:
+    return caption[:max_caption_chars].rstrip(), True
+  return caption, False
 
 
 class _InputError(Exception):
-  """An input file that cannot be read (further)."""
+  """An input that cannot be opened or read to its end; its unit is retried."""
 
 
-def _tar_samples(path: str) -> Iterator[tuple[str, bytes | None, Any]]:
-  """Groups consecutive tar members by webdataset key; yields (key, image, caption)."""
+class _Skip:
+  """Yielded by a sample iterator for something left out before validation."""
+
+  def __init__(self, reason: str):
+    self.reason = reason
+
+
+def _write_unit(out_path: str, samples: Iterable[tuple[str, bytes | None, Any] | _Skip],
+                max_pixels: int, min_side: int, max_caption_chars: int) -> dict[str, Any]:
+  """Validates samples (key, image_bytes, caption) into one shard; returns its entry.
+
+  If the input fails (`_InputError`), the partial shard is deleted and the entry
+  holds only the "error": nothing of the unit is kept, so the next run redoes it.
+  """
+  skipped: dict[str, int] = {}
+  truncated = 0
+  writer = records.ShardWriter(out_path)
+  try:
+    for sample in samples:
+      if isinstance(sample, _Skip):
+        skipped[sample.reason] = skipped.get(sample.reason, 0) + 1
+        continue
+      key, image_bytes, caption = sample
+      try:
+        if image_bytes is None or caption is None:
+          raise records.BadRecord("missing", "no image" if caption is not None
+                                  else "no caption")
+        caption, cut = _validate(image_bytes, caption, max_pixels, min_side,
+                                 max_caption_chars)
+      except records.BadRecord as e:
+        skipped[e.reason] = skipped.get(e.reason, 0) + 1
+        continue
+      truncated += cut
+      writer.write(image_bytes, caption, key)
+    writer.close()
+  except _InputError as e:
+    writer.abort()
+    return {"error": " ".join(str(e).split())}  # one line
+  except BaseException:
+    writer.abort()
+    raise
+  return {"file": os.path.basename(out_path), "num_records": writer.num_records,
+          "skipped": records.sum_counts([skipped]), "captions_truncated": truncated}
+
+
+def _unsafe_member(member: tarfile.TarInfo) -> bool:
+  """Whether a tar member must not be read: a link, device or other special file, or
+  a name that is absolute or has a `..` part (a path out of an extraction folder)."""
+  parts = re.split(r"[/\\]", member.name)
+  if member.name.startswith(("/", "\\")) or ".." in parts:
+    return True
+  return not (member.isfile() or member.isdir())
+
+
+def _tar_samples(path: str) -> Iterator[tuple[str, bytes | None, Any] | _Skip]:
+  """Groups consecutive tar members by webdataset key; yields (key, image, caption).
+
+  Unsafe members (`_unsafe_member`) are yielded as `_Skip(UNSAFE_MEMBER)`, unread.
+  Any failure to open or read the tar raises `_InputError`.
+  """
   try:
     if paths.is_remote(path):  # streamed: "r|*" reads the object front to back once
       tar = tarfile.open(fileobj=paths.path(path).open("rb"), mode="r|*")
     else:
       tar = tarfile.open(path, "r|*")
-  except (OSError, tarfile.TarError) as e:
-    raise _InputError(f"cannot open {path}: {e}") from e
+  except Exception as e:  # pylint: disable=broad-except  # also remote clients' errors
+    raise _InputError(f"cannot open {path}: {type(e).__name__}: {e}") from e
 
   def flush(key, files):
     image = next((files[e] for e in IMAGE_EXTENSIONS if e in files), None)
@@ -157,7 +206,10 @@ def _tar_samples(path: str) -> Iterator[tuple[str, bytes | None, Any]]:
   with tar:
     try:
       for member in tar:
-        if not member.isfile():
+        if _unsafe_member(member):
+          yield _Skip(UNSAFE_MEMBER)
+          continue
+        if not member.isfile():  # a directory
           continue
         dirname, base = os.path.split(member.name)
         if base.startswith(".") or "." not in base:
@@ -169,36 +221,40 @@ def _tar_samples(path: str) -> Iterator[tuple[str, bytes | None, Any]]:
             yield flush(key, files)
           key, files = member_key, {}
         files[ext.lower()] = tar.extractfile(member).read()
-    except (OSError, EOFError, tarfile.TarError) as e:
-      # A truncated tar: the last sample may be partial, so drop it.
+    except Exception as e:  # pylint: disable=broad-except  # truncated, I/O, remote errors
       raise _InputError(f"{path}: {type(e).__name__}: {e}") from e
     if key is not None:
       yield flush(key, files)
 
 
-def _convert_tar(unit: int, path: str, out_dir: str, max_pixels: int,
-                 min_side: int) -> dict[str, Any]:
+def _convert_tar(unit: int, path: str, out_dir: str, max_pixels: int, min_side: int,
+                 max_caption_chars: int) -> dict[str, Any]:
   entry = _write_unit(os.path.join(out_dir, _shard_name(unit)), _tar_samples(path),
-                      max_pixels, min_side)
+                      max_pixels, min_side, max_caption_chars)
   return {"unit": unit, "input": path, **entry}
 
 
 def _csv_samples(rows, image_root: str) -> Iterator[tuple[str, bytes | None, Any]]:
+  """Yields (image path, image bytes or None if there is no such file, caption)."""
   for image_path, caption in rows:
     if image_path is None:
       yield "", None, caption
       continue
+    full = paths.join(image_root, image_path)
     try:
-      data = paths.read_bytes(paths.join(image_root, image_path))
-    except OSError:  # FileNotFoundError included
-      data = None
+      data = paths.read_bytes(full)
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+      data = None  # counted as "missing"
+    except Exception as e:  # pylint: disable=broad-except  # may work next time: retry
+      raise _InputError(f"{full}: {type(e).__name__}: {e}") from e
     yield image_path, data, caption
 
 
 def _convert_rows(unit: int, rows: list, first_row: int, image_root: str, out_dir: str,
-                  max_pixels: int, min_side: int) -> dict[str, Any]:
+                  max_pixels: int, min_side: int, max_caption_chars: int) -> dict[str, Any]:
   entry = _write_unit(os.path.join(out_dir, _shard_name(unit)),
-                      _csv_samples(rows, image_root), max_pixels, min_side)
+                      _csv_samples(rows, image_root), max_pixels, min_side,
+                      max_caption_chars)
   return {"unit": unit, "input": f"rows {first_row}..{first_row + len(rows) - 1}",
           **entry}
 
@@ -212,7 +268,7 @@ def _default_workers() -> int:
 
 
 class _Run:
-  """The manifest of one output directory, updated as units complete."""
+  """The manifest of one output directory, updated as units are converted or fail."""
 
   def __init__(self, out_dir: str, source: dict[str, Any], validation: dict[str, Any]):
     paths.makedirs(out_dir, "OUT_DIR")
@@ -223,16 +279,24 @@ class _Run:
     for stale in glob.glob(os.path.join(self.stage, "*.tmp")):
       os.remove(stale)  # a unit that was interrupted mid-write
     old = records.read_manifest(out_dir)
-    if old is not None and (old.get("source") != source or
-                            old.get("validation") != validation):
-      raise ValueError(
-          f"{out_dir} holds a conversion with different arguments:\n"
-          f"  was {json.dumps([old.get('source'), old.get('validation')])}\n"
-          f"  now {json.dumps([source, validation])}\n"
-          "use another output directory (or delete this one)")
-    self.done: dict[int, dict[str, Any]] = {}
+    if old is not None:
+      # Conversions written before the caption limit existed had none.
+      was = [old.get("source"), {"max_caption_chars": 0, **(old.get("validation") or {})}]
+      if was != [source, validation]:
+        raise ValueError(
+            f"{out_dir} holds a conversion with different arguments:\n"
+            f"  was {json.dumps(was)}\n"
+            f"  now {json.dumps([source, validation])}\n"
+            "use another output directory (or delete this one)")
+    self.done: dict[int, dict[str, Any]] = {}  # converted units
+    self.failed: dict[int, dict[str, Any]] = {}  # failed units, retried by this run
+    for s in (old or {}).get("failed", []):
+      self.failed[s["unit"]] = s
     for s in (old or {}).get("shards", []):
-      if paths.exists(paths.join(out_dir, s["file"])):
+      if "error" in s:  # written before failed inputs were retried: retry it
+        self.failed[s["unit"]] = {"unit": s["unit"], "input": s.get("input"),
+                                  "error": s["error"]}
+      elif paths.exists(paths.join(out_dir, s["file"])):
         self.done[s["unit"]] = s
     self.manifest = {"format": records.FORMAT,
                      "record_encoding": "msgpack [image_bytes, caption, key]",
@@ -240,11 +304,16 @@ class _Run:
     self.write(complete=False)
 
   def add(self, entry: dict[str, Any]) -> None:
-    if self.stage != self.out_dir:  # the shard first, then the manifest that lists it
-      local = os.path.join(self.stage, entry["file"])
-      paths.upload(local, paths.join(self.out_dir, entry["file"]))
-      os.remove(local)
-    self.done[entry["unit"]] = entry
+    unit = entry["unit"]
+    if "error" in entry:
+      self.failed[unit] = entry
+    else:
+      if self.stage != self.out_dir:  # the shard first, then the manifest that lists it
+        local = os.path.join(self.stage, entry["file"])
+        paths.upload(local, paths.join(self.out_dir, entry["file"]))
+        os.remove(local)
+      self.done[unit] = entry
+      self.failed.pop(unit, None)
     self.write(complete=False)
 
   def close(self) -> None:
@@ -258,8 +327,10 @@ class _Run:
     shards = [self.done[u] for u in sorted(self.done)]
     m = dict(self.manifest)
     m["shards"] = shards
+    m["failed"] = [self.failed[u] for u in sorted(self.failed)]
     m["num_records"] = sum(s["num_records"] for s in shards)
     m["skipped"] = records.sum_counts(s["skipped"] for s in shards)
+    m["captions_truncated"] = sum(s.get("captions_truncated", 0) for s in shards)
     m["complete"] = complete
     records.write_manifest(self.out_dir, m)
     return m
@@ -301,20 +372,23 @@ def convert_webdataset(patterns: str | Sequence[str], out_dir: str, *,
                        workers: int | None = None,
                        max_pixels: int = records.DEFAULT_MAX_PIXELS,
                        min_side: int = records.DEFAULT_MIN_SIDE,
+                       max_caption_chars: int = DEFAULT_MAX_CAPTION_CHARS,
                        progress: bool = True) -> dict[str, Any]:
   """Converts webdataset tars (`KEY.jpg|jpeg|png|webp` + `KEY.txt`) to shards.
 
-  One output shard per input tar. Returns the final manifest.
+  One output shard per input tar; a tar that fails is listed under "failed" and
+  retried by the next call. Returns the final manifest.
   """
   patterns = [patterns] if isinstance(patterns, str) else list(patterns)
   inputs = _expand_inputs(patterns)
   if not inputs:
     raise ValueError(f"no input matches {patterns}")
   out_dir = paths.absolute(paths.check(out_dir, "OUT_DIR"))
-  validation = {"max_pixels": max_pixels, "min_side": min_side}
+  validation = {"max_pixels": max_pixels, "min_side": min_side,
+                "max_caption_chars": max_caption_chars}
   run = _Run(out_dir, {"kind": "webdataset", "patterns": patterns, "inputs": inputs},
              validation)
-  tasks = ((_convert_tar, (u, p, run.stage, max_pixels, min_side))
+  tasks = ((_convert_tar, (u, p, run.stage, max_pixels, min_side, max_caption_chars))
            for u, p in enumerate(inputs) if u not in run.done)
   workers = _default_workers() if workers is None else workers
   try:
@@ -356,11 +430,14 @@ def convert_csv(csv_path: str, out_dir: str, *, image_root: str,
                 workers: int | None = None,
                 max_pixels: int = records.DEFAULT_MAX_PIXELS,
                 min_side: int = records.DEFAULT_MIN_SIDE,
+                max_caption_chars: int = DEFAULT_MAX_CAPTION_CHARS,
                 progress: bool = True) -> dict[str, Any]:
   """Converts a CSV/TSV with a header row (image path, caption) to shards.
 
   Image paths are relative to `image_root` (or absolute). One output shard per
-  `rows_per_shard` rows. Returns the final manifest.
+  `rows_per_shard` rows. A missing image file is a skipped record ("missing");
+  one that exists but cannot be read fails its unit, retried by the next call.
+  Returns the final manifest.
   """
   csv_path = paths.absolute(paths.check(csv_path, "CSV_PATH"))
   out_dir = paths.absolute(paths.check(out_dir, "OUT_DIR"))
@@ -371,9 +448,11 @@ def convert_csv(csv_path: str, out_dir: str, *, image_root: str,
             "image_root": image_root, "image_column": image_column,
             "caption_column": caption_column, "separator": separator,
             "rows_per_shard": rows_per_shard}
-  validation = {"max_pixels": max_pixels, "min_side": min_side}
+  validation = {"max_pixels": max_pixels, "min_side": min_side,
+                "max_caption_chars": max_caption_chars}
   run = _Run(out_dir, source, validation)
-  tasks = ((_convert_rows, (u, rows, first, image_root, run.stage, max_pixels, min_side))
+  tasks = ((_convert_rows, (u, rows, first, image_root, run.stage, max_pixels, min_side,
+                            max_caption_chars))
            for u, first, rows in _csv_chunks(csv_path, image_column, caption_column,
                                              separator, rows_per_shard)
            if u not in run.done)
@@ -414,6 +493,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="processes (default: all cores); <= 1 runs in this process")
     q.add_argument("--max-pixels", type=int, default=records.DEFAULT_MAX_PIXELS)
     q.add_argument("--min-side", type=int, default=records.DEFAULT_MIN_SIDE)
+    q.add_argument("--max-caption-chars", type=int, default=DEFAULT_MAX_CAPTION_CHARS,
+                   help="longer captions keep their first this many characters and are "
+                   "counted (default %(default)s); 0: no limit")
     q.add_argument("--no-progress", action="store_true")
 
   w = sub.add_parser("webdataset", help="img2dataset-style tars: KEY.jpg + KEY.txt")
@@ -434,19 +516,29 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   args = _parser().parse_args(argv)
   kw = dict(workers=args.workers, max_pixels=args.max_pixels, min_side=args.min_side,
-            progress=not args.no_progress)
+            max_caption_chars=args.max_caption_chars, progress=not args.no_progress)
   if args.kind == "webdataset":
     m = convert_webdataset(args.pattern, args.out_dir, **kw)
   else:
     m = convert_csv(args.csv_path, args.out_dir, image_root=args.image_root,
                     image_column=args.image_column, caption_column=args.caption_column,
                     separator=args.separator, rows_per_shard=args.rows_per_shard, **kw)
-  errors = [s for s in m["shards"] if "error" in s]
-  print(f"{args.out_dir}: {m['num_records']} records in {len(m['shards'])} shards; "
-        f"skipped {m['skipped'] or 'none'}"
-        + (f"; {len(errors)} inputs with errors (see manifest)" if errors else ""))
+  print(summary(args.out_dir, m))
   return m
 
 
+def summary(out_dir: str, manifest: dict[str, Any]) -> str:
+  """What a run did: records, converted and failed units (one tar or chunk of rows each),
+  skips and truncations; then a line `failed: INPUT: ERROR` per failed unit."""
+  m = manifest
+  retry = " (retried on the next run)" if m["failed"] else ""
+  lines = [f"{out_dir}: {m['num_records']} records; {len(m['shards'])} units converted, "
+           f"{len(m['failed'])} failed{retry}; skipped {m['skipped'] or 'none'}; "
+           f"{m['captions_truncated']} captions truncated to "
+           f"{m['validation']['max_caption_chars']} characters"]
+  lines += [f"failed: {f['input']}: {f['error']}" for f in m["failed"]]
+  return "\n".join(lines)
+
+
 if __name__ == "__main__":
-  main()
+  sys.exit(1 if main()["failed"] else 0)

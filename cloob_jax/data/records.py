@@ -5,13 +5,21 @@ any record can be read on its own) and a `manifest.json`:
 
   {"format": "cloob_jax.image_text/1",
    "source": {...how the records were made: converter arguments and inputs...},
-   "validation": {"max_pixels": ..., "min_side": ...},
+   "validation": {"max_pixels": ..., "min_side": ..., "max_caption_chars": ...},
    "shards": [{"unit": 0, "input": ..., "file": "shard-00000.array_record",
-               "num_records": 123, "skipped": {"corrupt": 2}}, ...],
-   "num_records": 12345, "skipped": {"corrupt": 17, ...}, "complete": true}
+               "num_records": 123, "skipped": {"corrupt": 2},
+               "captions_truncated": 0}, ...],
+   "failed": [{"unit": 7, "input": ..., "error": "..."}, ...],
+   "num_records": 12345, "skipped": {"corrupt": 17, ...}, "captions_truncated": 1,
+   "complete": true}
 
-`skipped` counts records left out by reason (`REASONS`); a shard entry may also
-carry an "error" (an input that could not be read to its end).
+`shards` are the converted units, the only ones read. `failed` units (inputs that
+could not be opened or read to their end) hold no records; the converter retries
+them on its next run. `complete` means the converter went through every unit, so
+a complete directory with failed units is readable, with the converted ones.
+`skipped` counts records left out by reason (`REASONS`, and the converter's
+"unsafe_member": tar members it would not read). Manifests written before
+`failed` existed may list a shard entry with an "error" instead.
 
 Each record is msgpack `[image_bytes, caption, key]`: the original encoded image
 bytes (never re-encoded), the caption as UTF-8 text and a source key (e.g. the
