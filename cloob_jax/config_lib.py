@@ -7,7 +7,10 @@ from typing import Any
 
 import ml_collections
 
+from cloob_jax import errors
+
 METHODS = ("cloob", "clip", "infoloob", "hopfield_infonce")
+_WARNED = set()
 
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
@@ -23,8 +26,8 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
       continue
     key, sep, value = item.partition("=")
     if key not in defaults:
-      raise KeyError(f"unknown config arg {key!r}{_suggest(key, defaults)}; "
-                     f"known: {', '.join(sorted(defaults))}")
+      raise errors.UserKeyError(f"unknown config arg {key!r}{_suggest(key, defaults)}; "
+                                f"known: {', '.join(sorted(defaults))}")
     result[key] = _typed(value if sep else "True", defaults[key], key)
   return result
 
@@ -32,7 +35,7 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
 def _typed(value: str, default: Any, key: str):
   if isinstance(default, bool):
     if value.lower() not in ("true", "false", "1", "0"):
-      raise ValueError(f"config arg {key!r} needs true/false, got {value!r}")
+      raise errors.UserError(f"config arg {key!r} needs true/false, got {value!r}")
     return value.lower() in ("true", "1")
   if isinstance(default, int):
     return int(value)
@@ -55,69 +58,70 @@ def apply_override(config: ml_collections.ConfigDict, item: str) -> None:
   """
   key, sep, value = item.partition("=")
   if not sep or not key:
-    raise ValueError(f"config override {item!r} is not KEY=VALUE")
+    raise errors.UserError(f"config override {item!r} is not KEY=VALUE")
   parts = key.split(".")
   node = config
   for depth, part in enumerate(parts):
     if not isinstance(node, ml_collections.ConfigDict) or part not in node:
       known = node.keys() if isinstance(node, ml_collections.ConfigDict) else ()
-      raise KeyError(f"config override {key!r}: the config has no field "
-                     f"{'.'.join(parts[:depth + 1])!r}{_suggest(part, known)}")
+      raise errors.UserKeyError(f"config override {key!r}: the config has no field "
+                                f"{'.'.join(parts[:depth + 1])!r}{_suggest(part, known)}")
     if depth < len(parts) - 1:
       node = node[part]
   old = node[parts[-1]]
   if not isinstance(old, (bool, int, float, str)):
-    raise ValueError(f"config override {key!r}: only bool, int, float and str fields can be "
-                     f"set this way; this one holds a {type(old).__name__}")
+    raise errors.UserError(f"config override {key!r}: only bool, int, float and str fields can be "
+                           f"set this way; this one holds a {type(old).__name__}")
   try:
     node[parts[-1]] = _typed(value, old, key)
   except ValueError as e:
-    raise ValueError(f"config override {key}={value!r}: expected type "
-                     f"{type(old).__name__} ({e})") from None
+    raise errors.UserError(f"config override {key}={value!r}: expected type "
+                           f"{type(old).__name__} ({e})") from None
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """Refuses a config that cannot train, naming the key, before any compile or data read."""
   if config.method not in METHODS:
-    raise ValueError(f"config.method={config.method!r}{_suggest(config.method, METHODS)}; "
-                     f"choose one of {METHODS}")
+    raise errors.UserError(f"config.method={config.method!r}{_suggest(config.method, METHODS)}; "
+                           f"choose one of {METHODS}")
   for key in ("batch_size", "total_steps", "log_every", "checkpoint_every", "keep_checkpoints"):
     if int(config[key]) <= 0:
-      raise ValueError(f"config.{key} must be positive, got {config[key]}")
+      raise errors.UserError(f"config.{key} must be positive, got {config[key]}")
   if config.inv_tau <= 0 or (config.method in ("cloob", "hopfield_infonce") and config.beta <= 0):
-    raise ValueError(f"config.inv_tau ({config.inv_tau}) and config.beta ({config.beta}) must "
-                     "be positive")
+    raise errors.UserError(f"config.inv_tau ({config.inv_tau}) and config.beta ({config.beta}) "
+                           "must be positive")
   if config.data.source not in ("synthetic", "records"):
-    raise ValueError(f"config.data.source={config.data.source!r}; choose 'synthetic' or "
-                     "'records'")
+    raise errors.UserError(f"config.data.source={config.data.source!r}; choose 'synthetic' or "
+                           "'records'")
   from cloob_jax.data import synthetic  # late, as models below
   if config.data.source == "synthetic" and config.data.get("caption_mention"):
     try:
       synthetic.caption_mention(config.data.caption_mention.to_dict())
     except ValueError as e:
-      raise ValueError(f"config.data.caption_mention: {e}") from None
+      raise errors.UserError(f"config.data.caption_mention: {e}") from None
   try:
     family_size = synthetic.check_family_size(config.data.get("family_size", 1))
   except ValueError as e:
-    raise ValueError(f"config.data.{e}") from None
+    raise errors.UserError(f"config.data.{e}") from None
   if family_size > 1 and config.data.source != "synthetic":
-    raise ValueError(f"config.data.family_size={family_size} needs config.data.source="
-                     f"'synthetic' (families are scenes of the synthetic world)")
+    raise errors.UserError(f"config.data.family_size={family_size} needs config.data.source="
+                           f"'synthetic' (families are scenes of the synthetic world)")
   if family_size > 1 and config.data.num_workers:
-    raise ValueError(f"config.data.family_size={family_size} needs config.data.num_workers=0 "
-                     f"(got {config.data.num_workers}): grain workers would split the families")
+    raise errors.UserError(f"config.data.family_size={family_size} needs "
+                           f"config.data.num_workers=0 (got {config.data.num_workers}): grain "
+                           "workers would split the families")
   if config.batch_size % family_size:
-    raise ValueError(f"config.batch_size ({config.batch_size}) is not divisible by "
-                     f"config.data.family_size ({family_size})")
+    raise errors.UserError(f"config.batch_size ({config.batch_size}) is not divisible by "
+                           f"config.data.family_size ({family_size})")
   if config.data.source == "records" and not config.data.data_dir:
-    raise ValueError("config.data.source='records' needs config.data.data_dir (a directory "
-                     "written by `python -m cloob_jax.data.convert`)")
+    raise errors.UserError("config.data.source='records' needs config.data.data_dir (a directory "
+                           "written by `python -m cloob_jax.data.convert`)")
   if config.data.source == "records":
     from cloob_jax.data import records  # late, as models below
     records.check_data_dir(config.data.data_dir, config.data.get("cache_dir"))
   if config.optimizer.schedule not in ("cosine", "constant"):
-    raise ValueError(f"config.optimizer.schedule={config.optimizer.schedule!r}; choose "
-                     "'cosine' or 'constant'")
+    raise errors.UserError(f"config.optimizer.schedule={config.optimizer.schedule!r}; choose "
+                           "'cosine' or 'constant'")
   if config.optimizer.warmup_steps >= config.total_steps:
     # Allowed (short runs of a long config): the schedule warms up linearly for the whole run.
     from absl import logging
@@ -125,8 +129,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
                f"config.total_steps ({config.total_steps}): the learning rate warms up "
                f"linearly for the whole run and never reaches config.optimizer.lr "
                f"({config.optimizer.lr})")
-    logging.warning(message)
-    print("WARNING: " + message, flush=True)
+    if message not in _WARNED:  # main validates before start-up, the trainer again
+      _WARNED.add(message)
+      logging.warning(message)
+      print("WARNING: " + message, flush=True)
   from cloob_jax import models  # late: keeps `configs/*.py` imports light
   models.get_config(config.model.name, **config.model.overrides.to_dict())
 
@@ -147,7 +153,7 @@ def load_config_file(spec: str, **args) -> ml_collections.ConfigDict:
   items = [item for item in given.split(",") if item]
   clash = {item.partition("=")[0] for item in items} & set(args)
   if clash:
-    raise ValueError(f"{spec!r} sets {sorted(clash)}, which the caller sets too")
+    raise errors.UserError(f"{spec!r} sets {sorted(clash)}, which the caller sets too")
   items += [f"{k}={v}" for k, v in args.items()]
   return module.get_config(",".join(items))
 

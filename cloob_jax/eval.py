@@ -21,12 +21,12 @@ from __future__ import annotations
 import io
 import json
 import logging
-import sys
 import time
 from typing import Any
 
 import numpy as np
 
+from cloob_jax import errors
 from cloob_jax import evaluators
 from cloob_jax import models
 from cloob_jax import paths
@@ -42,8 +42,12 @@ def _as_dict(config) -> dict[str, Any]:
 
 
 def load_model(config, *, workdir: str | None = None, checkpoint: str | None = None,
-               step: int | None = None):
-  """(module, variables, description) from a workdir or an open_clip checkpoint."""
+               step: int | None = None, allow_torchscript: bool = False):
+  """(module, variables, description) from a workdir or an open_clip checkpoint.
+
+  `allow_torchscript`: read a TorchScript archive (OpenAI's released .pt files), which
+  carries code; without it such a file is refused.
+  """
   if bool(workdir) == bool(checkpoint):
     raise ValueError("give exactly one of --workdir and --checkpoint")
   if checkpoint:
@@ -55,14 +59,14 @@ def load_model(config, *, workdir: str | None = None, checkpoint: str | None = N
     # the config's, when given, must agree with.
     name, overrides, state_dict = open_clip.read_checkpoint(
         checkpoint, model.get("name"), what=":model=NAME in --config",
-        **_as_dict(model.get("overrides")))
+        allow_torchscript=allow_torchscript, **_as_dict(model.get("overrides")))
     variables = open_clip.convert_state_dict(state_dict, name, **overrides)
     return models.create_model(name, **overrides), variables, f"{checkpoint} ({name})"
   from cloob_jax import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
-  train_config, variables = checkpoint_lib.restore_variables(workdir, step=step)
+  train_config, read, variables = checkpoint_lib.read_variables(workdir, step=step)
   module = models.create_model(train_config.model.name,
                                **_as_dict(train_config.model.get("overrides")))
-  where = f"{workdir}" + (f" step {step}" if step is not None else " (latest)")
+  where = f"{workdir} step {read}" + (" (latest)" if step is None else "")
   return module, variables, f"{where} ({train_config.model.name})"
 
 
@@ -144,7 +148,8 @@ def default_output(config, workdir: str | None, step: int | None) -> str:
 
 
 def run(config, *, workdir: str | None = None, checkpoint: str | None = None,
-        output: str | None = None, step: int | None = None, mesh=None) -> dict:
+        output: str | None = None, step: int | None = None, mesh=None,
+        allow_torchscript: bool = False) -> dict:
   """Loads the model, evaluates, writes JSON + markdown (+ predictions); returns the results.
 
   Every path (workdir, checkpoint, output) may be local or a gs:// URL.
@@ -154,7 +159,7 @@ def run(config, *, workdir: str | None = None, checkpoint: str | None = None,
     if given:
       paths.check(given, what)
   module, variables, description = load_model(config, workdir=workdir, checkpoint=checkpoint,
-                                              step=step)
+                                              step=step, allow_torchscript=allow_torchscript)
   results, skipped, built = evaluate(config, module, variables, mesh=mesh)
   table = markdown(results, skipped, title=f"{config.get('name', 'eval')}: {description}")
   output = output or default_output(config, workdir, step)
@@ -196,6 +201,9 @@ def define_flags(flag_values=None):
       "host:port of process 0 for a multi-process eval started by hand (every process runs the "
       "same command with its own --process_id); TPU VMs and SLURM are detected without it.",
       flag_values=flag_values)
+  flags.DEFINE_bool("allow_torchscript", False,
+                    "Read a TorchScript --checkpoint (OpenAI's released .pt files). Such an "
+                    "archive carries code: only for files you trust.", flag_values=flag_values)
   flags.DEFINE_integer("num_processes", None, "Processes in the run.", flag_values=flag_values)
   flags.DEFINE_integer("process_id", None, "This process's index.", flag_values=flag_values)
   flags.DEFINE_integer("num_cpu_devices", None,
@@ -207,32 +215,29 @@ def define_flags(flag_values=None):
 def main_with_flags(flag_values) -> dict:
   """Evaluates as the flags say; jax (and jax.distributed) must be set up already (`main`)."""
   if flag_values.config is None:
-    raise ValueError("--config is required")
+    raise errors.UserError("--config is required")
   return run(flag_values.config, workdir=flag_values.workdir, checkpoint=flag_values.checkpoint,
-             output=flag_values.output, step=flag_values.step)
+             output=flag_values.output, step=flag_values.step,
+             allow_torchscript=flag_values.allow_torchscript)
 
 
 def main(argv):
   from absl import flags  # pylint: disable=g-import-not-at-top
   from cloob_jax import distributed  # pylint: disable=g-import-not-at-top
   if len(argv) > 1:
-    raise ValueError(f"unexpected arguments: {argv[1:]}")
+    raise errors.UserError(f"unexpected arguments: {argv[1:]}")
   # Before anything starts a jax backend. Each process then embeds its share of every image
   # set, all get the same results, and only process 0 writes files.
   f = flags.FLAGS
   distributed.initialize(coordinator_address=f.coordinator_address,
                          num_processes=f.num_processes, process_id=f.process_id,
                          num_cpu_devices=f.num_cpu_devices)
-  try:
-    main_with_flags(f)
-  except paths.PathError as e:  # a path no backend can serve: one line, not a traceback
-    print(f"error: {e}", file=sys.stderr, flush=True)
-    sys.exit(2)
+  main_with_flags(f)  # a user error (a bad path, a damaged checkpoint) is one line: cli.run
 
 
 if __name__ == "__main__":
-  from absl import app  # pylint: disable=g-import-not-at-top
+  from cloob_jax import cli  # pylint: disable=g-import-not-at-top
   # Flags are defined here, not at import: cloob_jax.main defines --config/--workdir too, and
   # tests import both modules into one process.
   define_flags()
-  app.run(main)
+  cli.run(main)

@@ -40,9 +40,9 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from typing import Any
 
+from cloob_jax import errors
 from cloob_jax import paths
 
 FORMATS = ("open_clip", "hf", "openai", "params")
@@ -55,7 +55,7 @@ _FILE_SUFFIXES = {"openai": (".pt", ".pth", ".bin"), "params": (".npz",)}
 _OPEN_CLIP_BUILTINS = ("RN50", "RN101", "RN50x4", "ViT-B/32", "ViT-B/16", "ViT-L/14")
 
 
-class ExportError(ValueError):
+class ExportError(errors.UserError):
   """Input the export refuses; the message says why (and what would work)."""
 
 
@@ -369,7 +369,7 @@ def _builtin_cfg(name: str, quick_gelu: bool) -> dict:
 
 def run(*, fmt: str, output: str, workdir: str | None = None, step: int | None = None,
         checkpoint: str | None = None, model: str | None = None,
-        overwrite: bool = False) -> list[str]:
+        overwrite: bool = False, allow_torchscript: bool = False) -> list[str]:
   """The binary's work: validate everything cheap first, then read, then write."""
   if fmt not in FORMATS:
     raise ExportError(f"unknown --format={fmt!r}; known: {', '.join(FORMATS)}")
@@ -394,14 +394,15 @@ def run(*, fmt: str, output: str, workdir: str | None = None, step: int | None =
     check_fits(name, models.get_config(name, **overrides), fmt)  # before anything is read
   if workdir:
     config = models.get_config(name, **overrides)
-    step = checkpoint_lib.checkpoint_step(workdir, step)
-    train_config, variables = checkpoint_lib.restore_variables(workdir, step)
+    # The newest intact step (a damaged latest one is skipped), or `step`, refused if damaged.
+    train_config, step, variables = checkpoint_lib.read_variables(workdir, step)
     source = paths.absolute(workdir)
   else:
     # An open_clip / OpenAI file needs --model; an original CLOOB checkpoint may name its own
     # architecture (--model, when given, must agree) and is built with QuickGELU.
     from cloob_jax.interop import open_clip  # pylint: disable=g-import-not-at-top
-    name, overrides, state_dict = open_clip.read_checkpoint(checkpoint, model)
+    name, overrides, state_dict = open_clip.read_checkpoint(
+        checkpoint, model, allow_torchscript=allow_torchscript)
     config = models.get_config(name, **overrides)
     check_fits(name, config, fmt)  # before anything is written
     variables = open_clip.convert_state_dict(state_dict, name, **overrides)
@@ -429,6 +430,9 @@ def define_flags(flag_values=None):
   flags.DEFINE_string("output", None, "Directory (open_clip, hf) or file (openai: .pt, "
                       "params: .npz) to write.", flag_values=flag_values)
   flags.DEFINE_bool("overwrite", False, "Replace an existing output.", flag_values=flag_values)
+  flags.DEFINE_bool("allow_torchscript", False,
+                    "Read a TorchScript --checkpoint (OpenAI's released .pt files). Such an "
+                    "archive carries code: only for files you trust.", flag_values=flag_values)
   return flag_values
 
 
@@ -438,20 +442,17 @@ def main(argv):
   f = flags.FLAGS
   if not f["verbosity"].present:  # orbax logs its reads at INFO/WARNING
     logging.set_verbosity(logging.ERROR)
-  try:
-    if len(argv) > 1:
-      raise ExportError(f"unexpected arguments: {' '.join(argv[1:])}")
-    if f.format is None:
-      raise ExportError(f"--format is required: one of {', '.join(FORMATS)}")
-    run(fmt=f.format, output=f.output, workdir=f.workdir, step=f.step, checkpoint=f.checkpoint,
-        model=f.model, overwrite=f.overwrite)
-  except (ValueError, FileNotFoundError, ImportError) as e:  # ExportError, PathError included
-    message = " ".join(str(e).split()) or type(e).__name__
-    print(f"error: {message}", file=sys.stderr, flush=True)
-    sys.exit(2)
+  if len(argv) > 1:
+    raise ExportError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if f.format is None:
+    raise ExportError(f"--format is required: one of {', '.join(FORMATS)}")
+  run(fmt=f.format, output=f.output, workdir=f.workdir, step=f.step, checkpoint=f.checkpoint,
+      model=f.model, overwrite=f.overwrite, allow_torchscript=f.allow_torchscript)
 
 
 if __name__ == "__main__":
-  from absl import app  # pylint: disable=g-import-not-at-top
+  from cloob_jax import cli  # pylint: disable=g-import-not-at-top
   define_flags()
-  app.run(main)
+  # Bad input (ExportError, PathError, a ValueError from a model config, a missing optional
+  # package) is one line `error: ...` and exit status 2.
+  cli.run(main, user_errors=(ValueError, FileNotFoundError, ImportError))

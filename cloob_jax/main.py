@@ -2,15 +2,17 @@
 
 Flags only: multi-host initialisation (`distributed.initialize`, shared with the eval binary),
 then `train.train_and_evaluate`. Re-running the same command resumes from the latest
-checkpoint in DIR.
+checkpoint in DIR. A user error (a bad config key or value, an unknown model, a missing path,
+a damaged checkpoint, a full disk) is one line `error: ...` and exit status 2; `--traceback`
+shows the trace.
 """
 
-import sys
-
-from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
+
+from cloob_jax import cli
+from cloob_jax import errors
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.",
                                           lock_config=True)
@@ -36,21 +38,19 @@ def initialize_distributed():
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    raise errors.UserError(f"unexpected arguments: {argv[1:]}")
   if not flags.FLAGS["verbosity"].present:  # orbax and grain log every save at INFO
     logging.set_verbosity(logging.WARNING)
   from cloob_jax import config_lib
   from cloob_jax import paths
-  try:  # before any device or data work
-    config_lib.validate(_CONFIG.value)
-    paths.makedirs(_WORKDIR.value, "--workdir")  # a URL: its scheme's package, its bucket
-  except paths.PathError as e:  # a path no backend can serve: one line, not a traceback
-    print(f"error: {e}", file=sys.stderr, flush=True)
-    sys.exit(2)
+  # Before any device or data work. A user error (here or later) is one line: cli.run.
+  config_lib.validate(_CONFIG.value)
+  paths.makedirs(_WORKDIR.value, "--workdir")  # a URL: its scheme's package, its bucket
   initialize_distributed()
   from cloob_jax import train
-  train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  train.train_and_evaluate(_CONFIG.value, _WORKDIR.value,
+                           restart_from_scratch=_RESTART.value)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

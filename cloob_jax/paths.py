@@ -24,11 +24,13 @@ os.environ.setdefault("EPATH_USE_TF", "false")
 
 from etils import epath  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+from cloob_jax import errors  # pylint: disable=g-import-not-at-top,wrong-import-position
+
 # URL scheme -> the package that serves it.
 BACKENDS = {"gs": "gcsfs", "s3": "s3fs"}
 
 
-class PathError(ValueError):
+class PathError(errors.UserError):
   """A user-given path that cannot be used; the message names the path and the reason."""
 
 
@@ -145,6 +147,17 @@ def rename(src, dst) -> None:
   """Moves a file (on an object store: copy, then delete the source)."""
   if is_remote(src) or is_remote(dst):
     path(src).rename(path(dst))
+  else:
+    os.replace(src, dst)
+
+
+def move_dir(src, dst) -> None:
+  """Moves a directory tree (on an object store: every object copied, then deleted)."""
+  if is_remote(src) or is_remote(dst):
+    import fsspec  # pylint: disable=g-import-not-at-top
+    fs, source = fsspec.core.url_to_fs(check(src))
+    _, target = fsspec.core.url_to_fs(check(dst))
+    fs.mv(source, target, recursive=True)
   else:
     os.replace(src, dst)
 

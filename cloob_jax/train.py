@@ -27,11 +27,13 @@ import optax
 
 from cloob_jax import checkpoint
 from cloob_jax import config_lib
+from cloob_jax import errors
 from cloob_jax import losses
 from cloob_jax import models
 from cloob_jax import optim
 from cloob_jax import parallel
 from cloob_jax import paths
+from cloob_jax import peerwatch
 from cloob_jax.data import pipeline
 from cloob_jax.data import records
 from cloob_jax.data import transforms
@@ -136,7 +138,7 @@ def create_train_setup(config: ml_collections.ConfigDict, mesh=None) -> TrainSet
   model = models.build(model_config)
   mesh = mesh if mesh is not None else parallel.make_mesh()
   if config.batch_size % mesh.size:
-    raise ValueError(f"config.batch_size={config.batch_size} is not divisible by the "
+    raise errors.UserError(f"config.batch_size={config.batch_size} is not divisible by the "
                      f"{mesh.size} devices")
   batch_sharding = parallel.batch_sharding(mesh)
   tx, schedule = optim.create_optimizer(
@@ -198,7 +200,7 @@ class MetricWriter:
     jsonl = os.path.join(local, "metrics.jsonl")
     if self._remote and paths.exists(paths.join(self._remote, "metrics.jsonl")):
       paths.download(paths.join(self._remote, "metrics.jsonl"), jsonl)
-    self._jsonl = open(jsonl, "a")
+    self._jsonl = open(jsonl, "ab", buffering=0)
     try:
       from tensorboardX import SummaryWriter
       self._tb = SummaryWriter(os.path.join(local, "tensorboard"))
@@ -209,8 +211,19 @@ class MetricWriter:
     if not self.active:
       return
     row = {"step": int(step), **{k: _scalar(v) for k, v in metrics.items()}}
-    self._jsonl.write(json.dumps(row) + "\n")
-    self._jsonl.flush()
+    line = (json.dumps(row) + "\n").encode()
+    end = os.fstat(self._jsonl.fileno()).st_size
+    try:  # unbuffered: each line is on disk when write returns
+      written = 0
+      while written < len(line):
+        written += self._jsonl.write(line[written:])
+    except OSError as e:  # a full disk: never leave half a line for a resumed run to extend
+      os.ftruncate(self._jsonl.fileno(), end)
+      reason = errors.io_reason(e)
+      if reason is None:
+        raise
+      raise errors.UserError(f"could not write the metrics of step {step} to "
+                             f"{self._jsonl.name}: {reason}") from e
     if self._tb is not None:
       for key, value in row.items():
         if key != "step" and isinstance(value, (int, float)):
@@ -275,8 +288,13 @@ def _write_config(config, workdir):
   paths.write_text(path, text)  # atomic: never a half-written config.json
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains (resuming from the latest checkpoint in `workdir`); returns the last metrics."""
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       restart_from_scratch: bool = False) -> dict[str, Any]:
+  """Trains (resuming from the latest checkpoint in `workdir`); returns the last metrics.
+
+  When every checkpoint in `workdir` is damaged, refuses to start (DamagedCheckpointError)
+  unless `restart_from_scratch`: then it trains from step 0 (the damaged steps stay aside).
+  """
   config_lib.validate(config)
   workdir = paths.check(workdir, "workdir")
   paths.makedirs(workdir)
@@ -288,11 +306,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   data = create_train_iterator(config, model_config)
   ckpt = checkpoint.Checkpointer(paths.join(workdir, "checkpoints"),
                                  every=config.checkpoint_every, keep=config.keep_checkpoints)
-  start = ckpt.latest_step()
+  # The newest step that reads back whole; damaged ones are moved aside (checkpoint.py).
+  peerwatch.set_resume_step(functools.partial(_complete_steps, ckpt.directory))
+  start, restored = ckpt.restore_latest(checkpoint.abstract_like(state), data,
+                                        allow_none=restart_from_scratch)
   if start is not None:
-    state = ckpt.restore(start, checkpoint.abstract_like(state), data)
+    state = restored
     logging.info("resumed from step %d", start)
     print(f"Resumed from the checkpoint of step {start} in {ckpt.directory}", flush=True)
+  elif restart_from_scratch:  # a failed restore may have moved the iterator: a fresh one
+    data = create_train_iterator(config, model_config)
   step = int(state["step"])
 
   evaluators = _build_evaluators(config, model, mesh)
@@ -359,6 +382,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           f", TensorBoard events in {paths.join(workdir, 'tensorboard')} and checkpoints in "
           f"{ckpt.directory}", flush=True)
   return last
+
+
+def _complete_steps(directory: str) -> int | None:
+  """The newest step directory orbax finished (temporary ones carry a suffix); read without
+  orbax, whose own queries wait for the other processes."""
+  if not paths.exists(directory):
+    return None
+  steps = [int(p.name) for p in paths.path(directory).iterdir() if p.name.isdigit()]
+  return max(steps, default=None)
 
 
 def _check_finite(step, metrics):

@@ -54,6 +54,7 @@ import tarfile
 import tempfile
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
+from cloob_jax import errors
 from cloob_jax import paths
 from cloob_jax.data import records
 
@@ -283,7 +284,7 @@ class _Run:
       # Conversions written before the caption limit existed had none.
       was = [old.get("source"), {"max_caption_chars": 0, **(old.get("validation") or {})}]
       if was != [source, validation]:
-        raise ValueError(
+        raise errors.UserError(
             f"{out_dir} holds a conversion with different arguments:\n"
             f"  was {json.dumps(was)}\n"
             f"  now {json.dumps([source, validation])}\n"
@@ -382,7 +383,7 @@ def convert_webdataset(patterns: str | Sequence[str], out_dir: str, *,
   patterns = [patterns] if isinstance(patterns, str) else list(patterns)
   inputs = _expand_inputs(patterns)
   if not inputs:
-    raise ValueError(f"no input matches {patterns}")
+    raise errors.UserError(f"no input matches {patterns}")
   out_dir = paths.absolute(paths.check(out_dir, "OUT_DIR"))
   validation = {"max_pixels": max_pixels, "min_side": min_side,
                 "max_caption_chars": max_caption_chars}
@@ -413,7 +414,7 @@ def _csv_chunks(path: str, image_column: str, caption_column: str, separator: st
     header = [h.strip().lstrip("\ufeff") for h in header]
     for col in (image_column, caption_column):
       if col not in header:
-        raise ValueError(f"{path}: no column {col!r} in header {header}")
+        raise errors.UserError(f"{path}: no column {col!r} in header {header}")
     ii, ci = header.index(image_column), header.index(caption_column)
     for unit in itertools.count():
       chunk = list(itertools.islice(reader, rows_per_shard))
@@ -489,6 +490,8 @@ def _parser() -> argparse.ArgumentParser:
 
   def common(q):
     q.add_argument("out_dir")
+    q.add_argument("--traceback", action="store_true",
+                   help="on a user error, show the Python traceback instead of one line")
     q.add_argument("--workers", type=int, default=None,
                    help="processes (default: all cores); <= 1 runs in this process")
     q.add_argument("--max-pixels", type=int, default=records.DEFAULT_MAX_PIXELS)
@@ -540,5 +543,18 @@ def summary(out_dir: str, manifest: dict[str, Any]) -> str:
   return "\n".join(lines)
 
 
+def _main_or_one_line() -> int:
+  """The command line: a user error (no input matches, a changed conversion, a full disk) is
+  one line `error: ...` and exit status 2, unless --traceback; 1 when a unit failed."""
+  try:
+    return 1 if main()["failed"] else 0
+  except Exception as e:  # pylint: disable=broad-except
+    text = errors.message(e)
+    if text is None or "--traceback" in sys.argv:
+      raise
+    print(f"error: {text}", file=sys.stderr, flush=True)
+    return 2
+
+
 if __name__ == "__main__":
-  sys.exit(1 if main()["failed"] else 0)
+  sys.exit(_main_or_one_line())

@@ -30,12 +30,13 @@ import sys
 import time
 from typing import Any, Sequence
 
-from absl import app
 from absl import flags
 from absl import logging
 import numpy as np
 
+from cloob_jax import cli
 from cloob_jax import config_lib
+from cloob_jax import errors
 from cloob_jax import paths
 
 _CONFIG = flags.DEFINE_string("config", None, "Config file, optionally with :args "
@@ -134,9 +135,9 @@ def check_same_config(config, directory: str) -> None:
   old = json.loads(paths.read_text(path))
   found = config_lib.config_differences(old, json.loads(config.to_json_best_effort()))
   if found:
-    raise ValueError(f"{directory} was trained with a different config ({found[0]}); re-run with "
-                     "the same config file, args and --config overrides, or use another "
-                     "--workdir")
+    raise errors.UserError(f"{directory} was trained with a different config ({found[0]}); re-run "
+                           "with the same config file, args and --config overrides, or use "
+                           "another --workdir")
 
 
 def task_names(config) -> list[str]:
@@ -364,10 +365,10 @@ def compare(config_spec: str, methods: list[str], seeds: int, workdir: str,
   `overrides`: 'KEY=VALUE' items applied to every run's config (`config_lib.apply_override`).
   """
   if seeds < 1:
-    raise ValueError(f"--seeds must be at least 1, got {seeds}")
+    raise errors.UserError(f"--seeds must be at least 1, got {seeds}")
   for method in methods:
     if method not in config_lib.METHODS:
-      raise ValueError(f"unknown method {method!r}; choose from {config_lib.METHODS}")
+      raise errors.UserError(f"unknown method {method!r}; choose from {config_lib.METHODS}")
   configs = {(m, s): config_lib.load_config_file(config_spec, method=m, seed=s)
              for m in methods for s in range(seeds)}
   for (method, seed), config in configs.items():  # refuse bad input before the first run
@@ -413,7 +414,7 @@ def compare(config_spec: str, methods: list[str], seeds: int, workdir: str,
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    raise errors.UserError(f"unexpected arguments: {argv[1:]}")
   if not flags.FLAGS["verbosity"].present:  # orbax and grain log every save at INFO
     logging.set_verbosity(logging.WARNING)
   command = "python -m cloob_jax.experiments.compare " + " ".join(
@@ -430,4 +431,4 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=parse_flags)
+  cli.run(main, flags_parser=parse_flags)

@@ -4,12 +4,11 @@ Bad input (an unknown mode or task, a missing init workdir or step, ...) ends wi
 `error: ...` on stderr and exit status 2, before anything is written.
 """
 
-import sys
-
-from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
+
+from cloob_jax import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Fine-tuning config file.",
                                           lock_config=True)
@@ -23,47 +22,37 @@ _CPU_DEVICES = flags.DEFINE_integer("num_cpu_devices", None,
                                     "Virtual CPU devices per process (tests).")
 
 
-def _error(e: BaseException):
-  message = " ".join(str(e).split()) or type(e).__name__
-  if isinstance(e, KeyError) and len(e.args) == 1:
-    message = " ".join(str(e.args[0]).split())
-  print(f"error: {message}", file=sys.stderr, flush=True)
-  sys.exit(2)
-
-
 def main(argv):
   quiet = not flags.FLAGS["verbosity"].present
   if quiet:  # orbax warns about every read-only look at the init workdir
     logging.set_verbosity(logging.ERROR)
   from cloob_jax import paths  # pylint: disable=g-import-not-at-top
-  try:  # bad input: before any device work, and nothing written
-    if len(argv) > 1:
-      raise ValueError(f"unexpected arguments: {' '.join(argv[1:])}")
-    if _CONFIG.value is None:
-      raise ValueError("--config is required (configs/finetune/NAME.py[:ARGS])")
-    if not _WORKDIR.value:
-      raise ValueError("--workdir is required")
-    from cloob_jax.finetune import init_model  # pylint: disable=g-import-not-at-top
-    from cloob_jax.finetune import trainer  # pylint: disable=g-import-not-at-top
-    trainer.check_config(_CONFIG.value)
-    paths.check(_WORKDIR.value, "--workdir")
-    init_model.locate(_CONFIG.value.init)  # a missing init workdir or step
-  except (ValueError, KeyError, FileNotFoundError, ImportError) as e:  # PathError included
-    _error(e)
+  # Bad input: before any device work, and nothing written.
+  if len(argv) > 1:
+    raise ValueError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if _CONFIG.value is None:
+    raise ValueError("--config is required (configs/finetune/NAME.py[:ARGS])")
+  if not _WORKDIR.value:
+    raise ValueError("--workdir is required")
+  from cloob_jax.finetune import init_model  # pylint: disable=g-import-not-at-top
+  from cloob_jax.finetune import trainer  # pylint: disable=g-import-not-at-top
+  trainer.check_config(_CONFIG.value)
+  paths.check(_WORKDIR.value, "--workdir")
+  init_model.locate(_CONFIG.value.init)  # a missing init workdir or step
   from cloob_jax import distributed  # pylint: disable=g-import-not-at-top
   distributed.initialize(coordinator_address=_COORDINATOR.value,
                          num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value,
                          num_cpu_devices=_CPU_DEVICES.value)
-  try:  # reading the weights and the data: a file of another architecture, a bad folder
-    from cloob_jax.finetune import data as data_lib  # pylint: disable=g-import-not-at-top
-    init = init_model.load(_CONFIG.value.init)
-    splits = data_lib.load_splits(_CONFIG.value.data, init.model_config.vision.image_size)
-  except (ValueError, KeyError, FileNotFoundError, ImportError) as e:
-    _error(e)
+  # Reading the weights and the data: a file of another architecture, a bad folder.
+  from cloob_jax.finetune import data as data_lib  # pylint: disable=g-import-not-at-top
+  init = init_model.load(_CONFIG.value.init)
+  splits = data_lib.load_splits(_CONFIG.value.data, init.model_config.vision.image_size)
   if quiet:  # orbax and grain log every save at INFO
     logging.set_verbosity(logging.WARNING)
   trainer.finetune(_CONFIG.value, _WORKDIR.value, init=init, splits=splits)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  # Bad input (an unknown mode or task, a missing workdir, a file of another architecture, a
+  # missing optional package) is one line `error: ...` and exit status 2, before any writes.
+  cli.run(main, user_errors=(ValueError, KeyError, FileNotFoundError, ImportError))

@@ -70,7 +70,8 @@ def load(init) -> InitModel:
     from cloob_jax import checkpoint  # pylint: disable=g-import-not-at-top
     name = train_config.model.name
     overrides = _as_dict(train_config.model.get("overrides"))
-    _, variables = checkpoint.restore_variables(init.workdir, step)
+    # `step` is the latest when none was asked for; a damaged latest one is skipped there.
+    _, step, variables = checkpoint.read_variables(init.workdir, init.get("step"))
     source = f"{paths.absolute(init.workdir)} step {step}"
   else:
     from cloob_jax.interop import open_clip  # pylint: disable=g-import-not-at-top
@@ -78,6 +79,7 @@ def load(init) -> InitModel:
     # its own architecture (config.init.model, when given, must agree) and uses QuickGELU.
     name, overrides, state_dict = open_clip.read_checkpoint(
         init.checkpoint, init.get("model") or None, what="config.init.model (:model=NAME)",
+        allow_torchscript=bool(init.get("allow_torchscript", False)),
         **_as_dict(init.get("overrides")))
     variables = open_clip.convert_state_dict(state_dict, name, **overrides)
     source = paths.absolute(init.checkpoint)

@@ -13,12 +13,15 @@ CLOOB checkpoints (ml-jku/cloob) are renamed to this layout on reading (`cloob_o
 """
 
 import io
+import pickle
+import zipfile
 from typing import Any, Mapping
 
 import flax
 import jax
 import numpy as np
 
+from cloob_jax import errors
 from cloob_jax import models
 from cloob_jax import paths
 from cloob_jax.interop import cloob_original
@@ -62,9 +65,14 @@ def convert_state_dict(state_dict: Mapping[str, Any], model_name: str, **overrid
   return keymap.from_state_dict(state_dict, flax.core.unfreeze(abstract), model_name)
 
 
-def _read(path: str) -> Mapping[str, Any]:
+def _read(path: str, allow_torchscript: bool = False) -> Mapping[str, Any]:
   """The file's top-level dict as stored: a safetensors state dict, or what `torch.load`
-  (weights only) gives (a state dict, or a training checkpoint holding one)."""
+  (weights only) gives (a state dict, or a training checkpoint holding one).
+
+  A pickle is only ever unpickled with `weights_only=True` (tensors and plain containers, no
+  code). A TorchScript archive (OpenAI's released .pt files) carries code and is read only
+  with `allow_torchscript`; otherwise it is refused, as is a pickle that needs more than
+  weights."""
   if not paths.exists(path):
     raise FileNotFoundError(f"no checkpoint at {path!r}")
   source = io.BytesIO(paths.read_bytes(path)) if paths.is_remote(path) else path
@@ -80,11 +88,38 @@ def _read(path: str) -> Mapping[str, Any]:
                       "`pip install torch`") from e
   try:
     return torch.load(source, map_location="cpu", weights_only=True)
-  except RuntimeError:
-    # OpenAI's released .pt files are TorchScript archives, not pickled state dicts.
+  except (RuntimeError, pickle.UnpicklingError) as e:
+    if isinstance(source, io.BytesIO):
+      source.seek(0)
+    if not _is_torchscript(source):
+      raise errors.UserError(
+          f"{path}: refusing to unpickle it: torch.load(weights_only=True) allows tensors and "
+          f"plain containers only, and this file needs more "
+          f"({errors.one_line(e).split('. ')[0][:200]}). Save its state_dict, or convert it "
+          "to .safetensors") from e
+    if not allow_torchscript:
+      raise errors.UserError(
+          f"{path} is a TorchScript archive (as OpenAI's released .pt files are), which "
+          "carries code that loading runs; pass --allow_torchscript (fine-tuning: "
+          "config.init.allow_torchscript=True) only for a file you trust, or convert it to "
+          ".safetensors") from e
     if isinstance(source, io.BytesIO):
       source.seek(0)
     return torch.jit.load(source, map_location="cpu").state_dict()
+
+
+def _is_torchscript(source) -> bool:
+  """A TorchScript archive: a zip holding code/ and constants.pkl beside the data."""
+  try:
+    with zipfile.ZipFile(source) as archive:
+      names = archive.namelist()
+  except (zipfile.BadZipFile, OSError):
+    return False
+  finally:
+    if isinstance(source, io.BytesIO):
+      source.seek(0)
+  return any(n.endswith("constants.pkl") for n in names) and any(
+      "/code/" in n for n in names)
 
 
 def _state_dict(stored: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -96,14 +131,15 @@ def _state_dict(stored: Mapping[str, Any]) -> dict[str, np.ndarray]:
   return {k: _as_numpy(v) for k, v in _unwrap(state).items() if hasattr(v, "shape")}
 
 
-def read_state_dict(path: str) -> dict[str, np.ndarray]:
+def read_state_dict(path: str, allow_torchscript: bool = False) -> dict[str, np.ndarray]:
   """Reads `.safetensors` (no torch needed) or a torch `.pt`/`.bin`/`.pth` (weights only),
   from a local path or a gs:// URL (read whole into memory), as an open_clip-layout state
   dict; an original CLOOB checkpoint's keys are renamed to it (`cloob_original`)."""
-  return _state_dict(_read(path))
+  return _state_dict(_read(path, allow_torchscript))
 
 
 def read_checkpoint(path: str, model_name: str | None = None, *, what: str = "--model=NAME",
+                    allow_torchscript: bool = False,
                     **overrides) -> tuple[str, dict[str, Any], dict[str, np.ndarray]]:
   """(model name, overrides, open_clip-layout state dict) of the checkpoint at `path`.
 
@@ -115,7 +151,7 @@ def read_checkpoint(path: str, model_name: str | None = None, *, what: str = "--
   if not model_name and not paths.exists(path):
     raise ValueError(f"no checkpoint at {path!r} to read an architecture from; give it with "
                      f"{what} (one of {', '.join(models.list_models())})")
-  stored = _read(path)
+  stored = _read(path, allow_torchscript)
   state = stored["state_dict"] if isinstance(stored.get("state_dict"), Mapping) else stored
   if cloob_original.is_original(state):
     model_name, overrides = cloob_original.resolve_model(stored, model_name, path, what,

@@ -12,6 +12,8 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from cloob_jax import errors
+
 from cloob_jax.models.convnet import ConvNet
 from cloob_jax.models.resnet import ModifiedResNet
 from cloob_jax.models.text import TextTransformer
@@ -104,7 +106,7 @@ def _canonical(name: str) -> tuple[str, bool]:
     return by_dash[base], quick
   close = difflib.get_close_matches(base, list(_CONFIGS) + list(by_dash), n=1)
   hint = f" Did you mean {close[0]!r}?" if close else ""
-  raise ValueError(f"unknown model {name!r}.{hint} Known: {', '.join(list_models())}")
+  raise errors.UserError(f"unknown model {name!r}.{hint} Known: {', '.join(list_models())}")
 
 
 def _replace(record, overrides: dict, where: str):
@@ -113,7 +115,7 @@ def _replace(record, overrides: dict, where: str):
     if key not in fields:
       close = difflib.get_close_matches(key, sorted(fields), n=1)
       hint = f" Did you mean {close[0]!r}?" if close else ""
-      raise ValueError(f"unknown model override {where}{key!r}.{hint}")
+      raise errors.UserError(f"unknown model override {where}{key!r}.{hint}")
   return dataclasses.replace(record, **overrides)
 
 
@@ -133,8 +135,8 @@ def get_config(name: str, **overrides) -> ModelConfig:
   config = dataclasses.replace(config, vision=_replace(config.vision, dict(vision), "vision."),
                                text=_replace(config.text, dict(text), "text."))
   if config.vision_kind not in _VISION_KINDS:
-    raise ValueError(f"unknown model override vision.kind={config.vision.kind!r}; known: "
-                     f"{_VISION_KINDS}")
+    raise errors.UserError(f"unknown model override vision.kind={config.vision.kind!r}; known: "
+                           f"{_VISION_KINDS}")
   return config
 
 
@@ -144,7 +146,7 @@ def build(config: ModelConfig) -> TwoTower:
   v, t = config.vision, config.text
   if config.vision_kind == "convnet":
     if v.remat:
-      raise ValueError("vision.remat: the ConvNet tower has no rematerialisation")
+      raise errors.UserError("vision.remat: the ConvNet tower has no rematerialisation")
     visual = ConvNet(config.embed_dim, v.image_size, tuple(v.layers), v.width, dtype)
   elif config.is_resnet:
     visual = ModifiedResNet(config.embed_dim, v.image_size, tuple(v.layers), v.width, v.head_width,

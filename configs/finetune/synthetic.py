@@ -41,6 +41,9 @@ def get_config(arg=None):
   # Model overrides of a checkpoint file's architecture (models.create_model), e.g.
   # dict(quick_gelu=True); a workdir's come from its own config.json.
   config.init.overrides = ml_collections.ConfigDict()
+  # A TorchScript init.checkpoint (OpenAI's released .pt files) carries code; read one only
+  # when this is set (for a file you trust). Pickles are read weights-only either way.
+  config.init.allow_torchscript = False
 
   config.mode = arg.mode
   config.method = arg.method  # FLYP's contrastive objective (ignored by the other modes)
