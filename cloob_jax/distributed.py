@@ -26,8 +26,14 @@ def on_tpu_vm() -> bool:
   return importlib.util.find_spec("libtpu") is not None
 
 
+PEER_TIMEOUT_S = 60.0
+STEP_TIMEOUT_S = 600.0
+
+
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None, num_cpu_devices: int | None = None) -> bool:
+               process_id: int | None = None, num_cpu_devices: int | None = None, *,
+               peer_timeout_s: float = PEER_TIMEOUT_S,
+               step_timeout_s: float = STEP_TIMEOUT_S) -> bool:
   """jax.distributed for an explicit coordinator, a SLURM job or a TPU pod; else nothing.
 
   Args:
@@ -37,6 +43,11 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     num_processes, process_id: the run's process count and this process's index (with
       coordinator_address).
     num_cpu_devices: virtual CPU devices of this process (tests, local multi-process runs).
+    peer_timeout_s: a process that gives no sign of life for this long is taken as dead and
+      the others exit in one line (`peerwatch`); the coordination service's own heartbeat
+      timeout is set 40 s beyond it, so that this line comes first.
+    step_timeout_s: no step finished for this long with every process alive (a hung
+      collective) ends the run the same way.
 
   Returns:
     Whether jax.distributed was initialised.
@@ -44,18 +55,21 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
   import jax  # pylint: disable=g-import-not-at-top
   if num_cpu_devices:
     jax.config.update("jax_num_cpu_devices", int(num_cpu_devices))
+  heartbeat = int(max(100, peer_timeout_s + 40))
   if coordinator_address:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=coordinator_address,
-                               num_processes=num_processes, process_id=process_id)
-    return True
-  if detected():
-    jax.distributed.initialize()  # reads SLURM's / the TPU VM's environment
-    return True
-  if on_tpu_vm():
+                               num_processes=num_processes, process_id=process_id,
+                               heartbeat_timeout_seconds=heartbeat)
+  elif detected():
+    jax.distributed.initialize(heartbeat_timeout_seconds=heartbeat)  # SLURM's / a TPU pod's env
+  elif on_tpu_vm():
     try:  # jax asks the metadata server for the slice's workers (one worker: one process)
-      jax.distributed.initialize()
-      return True
+      jax.distributed.initialize(heartbeat_timeout_seconds=heartbeat)
     except ValueError:  # no TPU cluster found (libtpu installed elsewhere): one process
       return False
-  return False
+  else:
+    return False
+  from cloob_jax import peerwatch  # pylint: disable=g-import-not-at-top
+  peerwatch.start(peer_timeout_s, step_timeout_s)
+  return True

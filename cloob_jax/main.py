@@ -25,6 +25,18 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the r
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 _CPU_DEVICES = flags.DEFINE_integer(
     "num_cpu_devices", None, "Virtual CPU devices per process (tests and local multi-process).")
+_PEER_TIMEOUT = flags.DEFINE_float(
+    "peer_timeout_s", 60.0,
+    "Multi-process runs: when another process gives no sign of life for this long (dead or "
+    "hung), exit in one line naming the step to resume from.")
+_STEP_TIMEOUT = flags.DEFINE_float(
+    "step_timeout_s", 600.0,
+    "Multi-process runs: exit the same way when no step finishes for this long with every "
+    "process alive (a hung collective; evals, saves and the first step's compile excepted).")
+_RESTART = flags.DEFINE_bool(
+    "restart_from_scratch", False,
+    "When every checkpoint in --workdir is damaged (they are moved aside to STEP.damaged), "
+    "train from step 0 instead of refusing to start.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -33,7 +45,8 @@ def initialize_distributed():
   from cloob_jax import distributed
   distributed.initialize(coordinator_address=_COORDINATOR.value,
                          num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value,
-                         num_cpu_devices=_CPU_DEVICES.value)
+                         num_cpu_devices=_CPU_DEVICES.value,
+                         peer_timeout_s=_PEER_TIMEOUT.value, step_timeout_s=_STEP_TIMEOUT.value)
 
 
 def main(argv):

@@ -343,6 +343,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       if pending is not None:
         _check_finite(*pending)
         stop_agreed = bool(pending[1][STOP])
+        peerwatch.beat()  # a step finished on every process (multi-process runs)
       pending = (step, metrics)
       if step % config.log_every == 0 or step == config.total_steps:
         _check_finite(*pending)
@@ -361,18 +362,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                 f"data wait {100 * last['data_wait_fraction']:.0f}%  ETA {_format_eta(eta)}",
                 flush=True)
         window_start, wait, window_steps = time.time(), 0.0, 0
-      results = _run_evals(evaluators, state, step, config, writer,
-                           final=step == config.total_steps)
+      with peerwatch.exempt():  # not under the step deadline (peers are still watched)
+        results = _run_evals(evaluators, state, step, config, writer,
+                             final=step == config.total_steps)
       if results and step == config.total_steps and writer.active:
         from cloob_jax import eval as eval_lib
         print("\n" + eval_lib.markdown(results, title=f"Evaluation at step {step}"), flush=True)
-      ckpt.save(step, state, data, force=step == config.total_steps)
+      with peerwatch.exempt():
+        ckpt.save(step, state, data, force=step == config.total_steps)
       if stop_agreed and step < config.total_steps:
         _check_finite(*pending)
         ckpt.save(step, state, data, force=True)
         print(f"{stop.signal or 'A stop signal to another process'}: saved the checkpoint of "
               f"step {step}; exiting", flush=True)
         break
+  except Exception as e:  # pylint: disable=broad-except
+    # A collective (in the step or a save's barrier) that failed because another process went
+    # away: one line and exit now, before `finally` waits on that process.
+    peerwatch.fail_if_peer_gone(e)
+    raise
   finally:
     stop.uninstall()
     ckpt.close()

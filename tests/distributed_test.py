@@ -28,14 +28,20 @@ def test_explicit_coordinator_uses_gloo_and_passes_the_process(calls):
   assert distributed.initialize("127.0.0.1:1234", 2, 1, num_cpu_devices=2)
   assert calls == [("jax_num_cpu_devices", 2), ("jax_cpu_collectives_implementation", "gloo"),
                    {"coordinator_address": "127.0.0.1:1234", "num_processes": 2,
-                    "process_id": 1}]
+                    "process_id": 1, "heartbeat_timeout_seconds": 100}]
+
+
+def test_the_heartbeat_timeout_stays_beyond_the_peer_timeout(calls):
+  # jax's own abort (screens of C++ log) must come after peerwatch's one line.
+  distributed.initialize("127.0.0.1:1234", 2, 0, peer_timeout_s=90)
+  assert calls[-1]["heartbeat_timeout_seconds"] == 130
 
 
 @pytest.mark.parametrize("var,value", [("SLURM_NTASKS", "4"), ("TPU_WORKER_HOSTNAMES", "a,b")])
 def test_slurm_and_gke_tpu_are_detected(calls, monkeypatch, var, value):
   monkeypatch.setenv(var, value)
   assert distributed.initialize()
-  assert calls == [{}]
+  assert calls == [{"heartbeat_timeout_seconds": 100}]
 
 
 def test_cloud_tpu_vm_lets_jax_find_the_slice(calls, monkeypatch):
@@ -43,7 +49,7 @@ def test_cloud_tpu_vm_lets_jax_find_the_slice(calls, monkeypatch):
   monkeypatch.setattr(importlib.util, "find_spec",
                       lambda name, *a: object() if name == "libtpu" else real(name, *a))
   assert distributed.initialize()  # a TPU VM: no environment variable says it is a pod
-  assert calls == [{}]
+  assert calls == [{"heartbeat_timeout_seconds": 100}]
 
   def no_cluster(**kw):
     raise ValueError("coordinator_address should be defined")
