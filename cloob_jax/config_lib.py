@@ -10,7 +10,16 @@ import ml_collections
 from cloob_jax import errors
 
 METHODS = ("cloob", "clip", "infoloob", "hopfield_infonce")
-_WARNED = set()
+
+
+def as_dict(value) -> dict[str, Any]:
+  """A ConfigDict, a mapping or None -> a plain dict ({} for None)."""
+  if value is None:
+    return {}
+  return value.to_dict() if hasattr(value, "to_dict") else dict(value)
+
+
+_WARNED = set()  # validate's warnings already shown in this process
 
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:

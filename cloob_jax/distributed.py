@@ -30,6 +30,40 @@ PEER_TIMEOUT_S = 60.0
 STEP_TIMEOUT_S = 600.0
 
 
+def define_flags(flag_values=None):
+  """The multi-process flags every binary takes (main, eval, finetune), into `flag_values`."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  fv = flag_values if flag_values is not None else flags.FLAGS
+  flags.DEFINE_string(
+      "coordinator_address", None,
+      "host:port of process 0 for a multi-process run started by hand (every process runs "
+      "the same command with its own --process_id; launch/local_multiprocess.sh); TPU VMs and "
+      "SLURM are detected without it.", flag_values=fv)
+  flags.DEFINE_integer("num_processes", None, "Processes in the run.", flag_values=fv)
+  flags.DEFINE_integer("process_id", None, "This process's index.", flag_values=fv)
+  flags.DEFINE_integer("num_cpu_devices", None,
+                       "Virtual CPU devices per process (tests and local multi-process).",
+                       flag_values=fv)
+  flags.DEFINE_float(
+      "peer_timeout_s", PEER_TIMEOUT_S,
+      "Multi-process runs: when another process gives no sign of life for this long (dead or "
+      "hung), exit in one line naming the step to resume from.", flag_values=fv)
+  flags.DEFINE_float(
+      "step_timeout_s", STEP_TIMEOUT_S,
+      "Multi-process runs: exit the same way when no step finishes for this long with every "
+      "process alive (a hung collective; evals, saves and the first step's compile excepted).",
+      flag_values=fv)
+
+
+def initialize_from_flags(flag_values=None) -> bool:
+  """`initialize` with the values of `define_flags`' flags."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  f = flag_values if flag_values is not None else flags.FLAGS
+  return initialize(coordinator_address=f.coordinator_address, num_processes=f.num_processes,
+                    process_id=f.process_id, num_cpu_devices=f.num_cpu_devices,
+                    peer_timeout_s=f.peer_timeout_s, step_timeout_s=f.step_timeout_s)
+
+
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
                process_id: int | None = None, num_cpu_devices: int | None = None, *,
                peer_timeout_s: float = PEER_TIMEOUT_S,

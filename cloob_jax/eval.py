@@ -22,10 +22,10 @@ import io
 import json
 import logging
 import time
-from typing import Any
 
 import numpy as np
 
+from cloob_jax import config_lib
 from cloob_jax import errors
 from cloob_jax import evaluators
 from cloob_jax import models
@@ -33,12 +33,6 @@ from cloob_jax import paths
 
 # Metrics shown as percentages in the markdown table (the JSON keeps fractions).
 _FRACTION_PREFIXES = ("top", "mean_per_class", "image_to_text", "text_to_image", "val_top")
-
-
-def _as_dict(config) -> dict[str, Any]:
-  if config is None:
-    return {}
-  return config.to_dict() if hasattr(config, "to_dict") else dict(config)
 
 
 def load_model(config, *, workdir: str | None = None, checkpoint: str | None = None,
@@ -59,13 +53,13 @@ def load_model(config, *, workdir: str | None = None, checkpoint: str | None = N
     # the config's, when given, must agree with.
     name, overrides, state_dict = open_clip.read_checkpoint(
         checkpoint, model.get("name"), what=":model=NAME in --config",
-        allow_torchscript=allow_torchscript, **_as_dict(model.get("overrides")))
+        allow_torchscript=allow_torchscript, **config_lib.as_dict(model.get("overrides")))
     variables = open_clip.convert_state_dict(state_dict, name, **overrides)
     return models.create_model(name, **overrides), variables, f"{checkpoint} ({name})"
   from cloob_jax import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
   train_config, read, variables = checkpoint_lib.read_variables(workdir, step=step)
   module = models.create_model(train_config.model.name,
-                               **_as_dict(train_config.model.get("overrides")))
+                               **config_lib.as_dict(train_config.model.get("overrides")))
   where = f"{workdir} step {read}" + (" (latest)" if step is None else "")
   return module, variables, f"{where} ({train_config.model.name})"
 
@@ -196,19 +190,11 @@ def define_flags(flag_values=None):
                       flag_values=flag_values)
   flags.DEFINE_integer("step", None, "Checkpoint step of --workdir (default: the latest).",
                        flag_values=flag_values)
-  flags.DEFINE_string(
-      "coordinator_address", None,
-      "host:port of process 0 for a multi-process eval started by hand (every process runs the "
-      "same command with its own --process_id); TPU VMs and SLURM are detected without it.",
-      flag_values=flag_values)
   flags.DEFINE_bool("allow_torchscript", False,
                     "Read a TorchScript --checkpoint (OpenAI's released .pt files). Such an "
                     "archive carries code: only for files you trust.", flag_values=flag_values)
-  flags.DEFINE_integer("num_processes", None, "Processes in the run.", flag_values=flag_values)
-  flags.DEFINE_integer("process_id", None, "This process's index.", flag_values=flag_values)
-  flags.DEFINE_integer("num_cpu_devices", None,
-                       "Virtual CPU devices per process (tests and local multi-process).",
-                       flag_values=flag_values)
+  from cloob_jax import distributed  # pylint: disable=g-import-not-at-top
+  distributed.define_flags(flag_values)  # --coordinator_address, --num_processes, ...
   return flag_values
 
 
@@ -228,11 +214,8 @@ def main(argv):
     raise errors.UserError(f"unexpected arguments: {argv[1:]}")
   # Before anything starts a jax backend. Each process then embeds its share of every image
   # set, all get the same results, and only process 0 writes files.
-  f = flags.FLAGS
-  distributed.initialize(coordinator_address=f.coordinator_address,
-                         num_processes=f.num_processes, process_id=f.process_id,
-                         num_cpu_devices=f.num_cpu_devices)
-  main_with_flags(f)  # a user error (a bad path, a damaged checkpoint) is one line: cli.run
+  distributed.initialize_from_flags(flags.FLAGS)
+  main_with_flags(flags.FLAGS)  # a user error (a bad path, a damaged checkpoint) is one line: cli.run
 
 
 if __name__ == "__main__":

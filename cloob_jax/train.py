@@ -8,13 +8,7 @@ device holds only its [local, global] block of each score matrix.
 
 import dataclasses
 import functools
-import json
 import math
-import os
-import shutil
-import signal
-import tempfile
-import threading
 import time
 from typing import Any
 
@@ -34,6 +28,8 @@ from cloob_jax import optim
 from cloob_jax import parallel
 from cloob_jax import paths
 from cloob_jax import peerwatch
+from cloob_jax import preemption
+from cloob_jax import workdir as workdir_lib
 from cloob_jax.data import pipeline
 from cloob_jax.data import records
 from cloob_jax.data import transforms
@@ -157,135 +153,10 @@ def create_train_setup(config: ml_collections.ConfigDict, mesh=None) -> TrainSet
                     lambda seed: init(jax.random.key(seed)), step)
 
 
-class _Stop:
-  """Set by SIGTERM/SIGINT. The flag travels through the train step to every process; all of
-  them then save a checkpoint of the same step, one or two steps later, and exit."""
-
-  def __init__(self):
-    self.signal = None
-    self._previous = {}
-
-  def install(self):
-    if threading.current_thread() is not threading.main_thread():
-      return self
-    for sig in (signal.SIGTERM, signal.SIGINT):
-      self._previous[sig] = signal.signal(sig, self._handle)
-    return self
-
-  def _handle(self, signum, frame):
-    del frame
-    self.signal = signal.Signals(signum).name
-
-  def uninstall(self):
-    for sig, handler in self._previous.items():
-      signal.signal(sig, handler)
-
-
-class MetricWriter:
-  """metrics.jsonl + TensorBoard events + console, from process 0 only.
-
-  A local workdir is appended to. An object store (gs://) cannot append, so for a remote
-  workdir both files are written to a local mirror and uploaded whole after every write: the
-  remote copy is complete up to the last logged step if the host dies. A resumed run first
-  downloads the metrics.jsonl it continues.
-  """
-
-  def __init__(self, workdir: str):
-    self.active = jax.process_index() == 0
-    if not self.active:
-      return
-    self._remote = workdir if paths.is_remote(workdir) else None
-    local = tempfile.mkdtemp(prefix="cloob_jax_metrics_") if self._remote else workdir
-    self._local = local
-    jsonl = os.path.join(local, "metrics.jsonl")
-    if self._remote and paths.exists(paths.join(self._remote, "metrics.jsonl")):
-      paths.download(paths.join(self._remote, "metrics.jsonl"), jsonl)
-    self._jsonl = open(jsonl, "ab", buffering=0)
-    try:
-      from tensorboardX import SummaryWriter
-      self._tb = SummaryWriter(os.path.join(local, "tensorboard"))
-    except ImportError:  # TensorBoard events are optional; the JSON lines are not
-      self._tb = None
-
-  def write(self, step: int, metrics: dict[str, Any]):
-    if not self.active:
-      return
-    row = {"step": int(step), **{k: _scalar(v) for k, v in metrics.items()}}
-    line = (json.dumps(row) + "\n").encode()
-    end = os.fstat(self._jsonl.fileno()).st_size
-    try:  # unbuffered: each line is on disk when write returns
-      written = 0
-      while written < len(line):
-        written += self._jsonl.write(line[written:])
-    except OSError as e:  # a full disk: never leave half a line for a resumed run to extend
-      os.ftruncate(self._jsonl.fileno(), end)
-      reason = errors.io_reason(e)
-      if reason is None:
-        raise
-      raise errors.UserError(f"could not write the metrics of step {step} to "
-                             f"{self._jsonl.name}: {reason}") from e
-    if self._tb is not None:
-      for key, value in row.items():
-        if key != "step" and isinstance(value, (int, float)):
-          self._tb.add_scalar(key, value, step)
-      self._tb.flush()
-    self._sync()
-
-  def _sync(self):
-    """Uploads the mirror's files to the remote workdir (nothing for a local one)."""
-    if not self._remote:
-      return
-    for directory, _, files in os.walk(self._local):
-      for name in files:
-        local = os.path.join(directory, name)
-        paths.upload(local, paths.join(self._remote, os.path.relpath(local, self._local)))
-
-  def close(self):
-    if self.active:
-      self._jsonl.close()
-      if self._tb is not None:
-        self._tb.close()
-      self._sync()
-      if self._remote:
-        shutil.rmtree(self._local, ignore_errors=True)
-
-
-def _scalar(value):
-  value = np.asarray(value)
-  return value.item() if value.size == 1 else value.tolist()
-
-
 def _format_eta(seconds: float) -> str:
   seconds = int(max(seconds, 0))
   return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else \
       f"{seconds // 60}m{seconds % 60:02d}s"
-
-
-def _write_config(config, workdir):
-  """Writes workdir/config.json. A workdir resumed under a changed config keeps the old file as
-  config.K.json (K = 1, 2, ...) and the differences are printed, not silently overwritten."""
-  if jax.process_index() != 0:
-    return
-  path = paths.join(workdir, "config.json")
-  text = config.to_json_best_effort(indent=2, sort_keys=True)
-  if paths.exists(path):
-    old_text = paths.read_text(path)
-    try:
-      changes = config_lib.config_differences(json.loads(old_text), json.loads(text))
-    except json.JSONDecodeError:
-      changes = [f"{path} is not valid JSON"]
-    if changes:
-      k = 1
-      while paths.exists(paths.join(workdir, f"config.{k}.json")):
-        k += 1
-      kept = paths.join(workdir, f"config.{k}.json")
-      paths.rename(path, kept)
-      message = (f"{workdir} was written under a different config; the old one is kept as "
-                 f"{kept}. Changed: " + "; ".join(changes[:10])
-                 + (f"; and {len(changes) - 10} more" if len(changes) > 10 else ""))
-      logging.warning(message)
-      print("WARNING: " + message, flush=True)
-  paths.write_text(path, text)  # atomic: never a half-written config.json
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
@@ -298,7 +169,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   config_lib.validate(config)
   workdir = paths.check(workdir, "workdir")
   paths.makedirs(workdir)
-  _write_config(config, workdir)
+  workdir_lib.write_config(config, workdir)
   setup = create_train_setup(config)
   model_config, model, mesh = setup.model_config, setup.model, setup.mesh
   state, step_fn, batch_sharding = setup.init(config.seed), setup.step, setup.batch_sharding
@@ -319,8 +190,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   step = int(state["step"])
 
   evaluators = _build_evaluators(config, model, mesh)
-  writer = MetricWriter(workdir)
-  stop = _Stop().install()
+  writer = workdir_lib.MetricWriter(workdir)
+  stop = preemption.StopFlag().install()
   skipped = np.zeros(len(records.REASONS), np.int64)
   last = {}
   try:
@@ -341,12 +212,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       window_steps += 1
       stop_agreed = False
       if pending is not None:
-        _check_finite(*pending)
+        check_finite(*pending)
         stop_agreed = bool(pending[1][STOP])
         peerwatch.beat()  # a step finished on every process (multi-process runs)
       pending = (step, metrics)
       if step % config.log_every == 0 or step == config.total_steps:
-        _check_finite(*pending)
+        check_finite(*pending)
         elapsed = time.time() - window_start
         last = {k: float(v) for k, v in jax.device_get(metrics).items() if k != STOP}
         last.update(examples_per_sec=window_steps * config.batch_size / elapsed,
@@ -371,10 +242,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       with peerwatch.exempt():
         ckpt.save(step, state, data, force=step == config.total_steps)
       if stop_agreed and step < config.total_steps:
-        _check_finite(*pending)
-        ckpt.save(step, state, data, force=True)
-        print(f"{stop.signal or 'A stop signal to another process'}: saved the checkpoint of "
-              f"step {step}; exiting", flush=True)
+        check_finite(*pending)
+        preemption.save_and_exit_line(stop, ckpt, step, state, data)
         break
   except Exception as e:  # pylint: disable=broad-except
     # A collective (in the step or a save's barrier) that failed because another process went
@@ -401,7 +270,7 @@ def _complete_steps(directory: str) -> int | None:
   return max(steps, default=None)
 
 
-def _check_finite(step, metrics):
+def check_finite(step, metrics):
   loss = float(metrics["loss"])
   if not math.isfinite(loss):
     raise checkpoint.NonFiniteError(

@@ -28,6 +28,7 @@ from cloob_jax import models
 from cloob_jax import optim
 from cloob_jax import parallel
 from cloob_jax import train
+from cloob_jax import workdir
 from cloob_jax.data import transforms
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -316,12 +317,12 @@ def test_bad_config_keys_are_refused_before_anything_runs(tmp_path):
 def test_resuming_under_a_changed_config_keeps_the_old_config_and_names_the_change(
     tmp_path, capsys):
   config = _demo_config()
-  train._write_config(config, str(tmp_path))
-  train._write_config(config, str(tmp_path))  # an unchanged resume: nothing kept, no warning
+  workdir.write_config(config, str(tmp_path))
+  workdir.write_config(config, str(tmp_path))  # an unchanged resume: nothing kept, no warning
   assert sorted(os.listdir(tmp_path)) == ["config.json"] and "WARNING" not in capsys.readouterr().out
   for steps in (9, 12):
     config.total_steps = steps
-    train._write_config(config, str(tmp_path))
+    workdir.write_config(config, str(tmp_path))
   out = capsys.readouterr().out
   assert f"total_steps: {STEPS} -> 9" in out and "total_steps: 9 -> 12" in out
   assert str(tmp_path / "config.2.json") in out

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Mapping
 
+from cloob_jax import config_lib
 from cloob_jax.evaluators import common
 from cloob_jax.evaluators import embedding_analysis  # noqa: F401  (registers its type)
 from cloob_jax.evaluators import linear_probe  # noqa: F401
@@ -33,12 +34,6 @@ from cloob_jax.evaluators.sources import DataUnavailable
 _SCHEDULING_KEYS = ("type", "log_steps")
 
 
-def _as_dict(config) -> dict[str, Any]:
-  if hasattr(config, "to_dict"):
-    return config.to_dict()
-  return dict(config)
-
-
 def build(name: str, config, embedder: Embedder) -> Evaluator:
   """The evaluator for one config entry `ConfigDict(type=..., log_steps=..., **kwargs)`.
 
@@ -46,7 +41,7 @@ def build(name: str, config, embedder: Embedder) -> Evaluator:
     DataUnavailable: the entry's dataset has not been located (the caller may skip it).
     ValueError / TypeError: an unknown type or keyword.
   """
-  kwargs = _as_dict(config)
+  kwargs = config_lib.as_dict(config)
   if "type" not in kwargs:
     raise ValueError(f"eval {name!r} has no 'type' (one of {', '.join(registered_types())})")
   cls = common.lookup(kwargs["type"])

@@ -35,6 +35,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from cloob_jax import config_lib
 from cloob_jax import paths
 from cloob_jax.data import records
 from cloob_jax.data import synthetic
@@ -374,12 +375,6 @@ class RecordsRetrieval(RetrievalSource):
 # From config to source.
 
 
-def _as_dict(data) -> dict[str, Any]:
-  if hasattr(data, "to_dict"):
-    data = data.to_dict()
-  return dict(data)
-
-
 def detect_source(path: str, split: str | None = None) -> str:
   """The layout at `path`: 'records', 'clip_benchmark', 'folder', or else 'tfds' (a name)."""
   if path.startswith("tfds:"):
@@ -410,7 +405,7 @@ def check(data) -> None:
   """Raises DataUnavailable when the data config has not been located (cheap: no reading)."""
   if isinstance(data, (ClassificationSource, RetrievalSource)):
     return
-  data = _as_dict(data)
+  data = config_lib.as_dict(data)
   source = data.get("source")
   if source in ("synthetic", "synthetic_retrieval", "arrays"):
     return
@@ -491,7 +486,7 @@ def classification_source(data, image_size: int, name: str = "data") -> Classifi
   if isinstance(data, ClassificationSource):
     return data
   check(data)
-  data = _as_dict(data)
+  data = config_lib.as_dict(data)
   source = data.get("source") or detect_source(data["path"], data.get("split"))
   where = f"{name} ({source}: {data.get('path') or data.get('task')})"
   if source == "synthetic":
@@ -536,7 +531,7 @@ def retrieval_source(data, image_size: int, name: str = "data") -> RetrievalSour
   if isinstance(data, RetrievalSource):
     return data
   check(data)
-  data = _as_dict(data)
+  data = config_lib.as_dict(data)
   source = data.get("source") or detect_source(data["path"])
   if source == "synthetic_retrieval":
     images, captions = synthetic.retrieval_examples(

@@ -38,6 +38,7 @@ from cloob_jax import cli
 from cloob_jax import config_lib
 from cloob_jax import errors
 from cloob_jax import paths
+from cloob_jax import workdir as workdir_lib
 
 _CONFIG = flags.DEFINE_string("config", None, "Config file, optionally with :args "
                               "(it must accept method= and seed= args).")
@@ -63,13 +64,6 @@ _ANALYSIS_METRICS = (("embedding_analysis/image_effective_eigenvalues", "image e
 
 def run_dir(workdir: str, method: str, seed: int) -> str:
   return paths.join(workdir, method, f"seed{seed}")
-
-
-def read_metrics(directory: str) -> list[dict[str, Any]]:
-  path = paths.join(directory, "metrics.jsonl")
-  if not paths.exists(path):
-    return []
-  return [json.loads(line) for line in paths.read_text(path).splitlines() if line.strip()]
 
 
 def final_metrics(rows: list[dict[str, Any]], step: int) -> dict[str, float]:
@@ -111,7 +105,7 @@ def train_one(config, directory: str) -> dict[str, Any] | None:
   from cloob_jax import train
   start = time.time()
   train.train_and_evaluate(config, directory)
-  rows = read_metrics(directory)
+  rows = workdir_lib.read_metrics(directory)
   if "loss" not in final_metrics(rows, config.total_steps):
     return None  # stopped early (SIGTERM/SIGINT saved a checkpoint): not done, resume later
   result = {"method": config.method, "seed": config.seed, "total_steps": config.total_steps,
@@ -129,11 +123,7 @@ def _override_args(overrides: Sequence[str]) -> str:
 
 def check_same_config(config, directory: str) -> None:
   """Refuses to reuse or resume a run directory that was trained with a different config."""
-  path = paths.join(directory, "config.json")
-  if not paths.exists(path):
-    return
-  old = json.loads(paths.read_text(path))
-  found = config_lib.config_differences(old, json.loads(config.to_json_best_effort()))
+  found = workdir_lib.config_changes(config, directory)
   if found:
     raise errors.UserError(f"{directory} was trained with a different config ({found[0]}); re-run "
                            "with the same config file, args and --config overrides, or use "
@@ -289,7 +279,7 @@ def plot_report(path: str, config, methods: list[str], workdir: str, seeds: int,
   colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
   fig, axes = plt.subplots(1, len(methods) + 2, figsize=(4.2 * (len(methods) + 2) + 2, 3.8),
                            gridspec_kw={"width_ratios": [1] * (len(methods) + 1) + [2.2]})
-  logs = {m: [read_metrics(run_dir(workdir, m, s)) for s in range(seeds)] for m in methods}
+  logs = {m: [workdir_lib.read_metrics(run_dir(workdir, m, s)) for s in range(seeds)] for m in methods}
   for i, method in enumerate(methods):
     ax = axes[i]
     found = seed_curves(logs[method])

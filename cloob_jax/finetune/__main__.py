@@ -9,17 +9,12 @@ from absl import logging
 from ml_collections import config_flags
 
 from cloob_jax import cli
+from cloob_jax import distributed
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Fine-tuning config file.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, outputs.")
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
-                                   "host:port of process 0 for a multi-process run started by "
-                                   "hand; TPU VMs and SLURM are detected without it.")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the run.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
-_CPU_DEVICES = flags.DEFINE_integer("num_cpu_devices", None,
-                                    "Virtual CPU devices per process (tests).")
+distributed.define_flags()  # --coordinator_address, --num_processes, ...
 
 
 def main(argv):
@@ -39,10 +34,7 @@ def main(argv):
   trainer.check_config(_CONFIG.value)
   paths.check(_WORKDIR.value, "--workdir")
   init_model.locate(_CONFIG.value.init)  # a missing init workdir or step
-  from cloob_jax import distributed  # pylint: disable=g-import-not-at-top
-  distributed.initialize(coordinator_address=_COORDINATOR.value,
-                         num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value,
-                         num_cpu_devices=_CPU_DEVICES.value)
+  distributed.initialize_from_flags()
   # Reading the weights and the data: a file of another architecture, a bad folder.
   from cloob_jax.finetune import data as data_lib  # pylint: disable=g-import-not-at-top
   init = init_model.load(_CONFIG.value.init)

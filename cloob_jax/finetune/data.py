@@ -21,11 +21,12 @@ so a resumed run continues with exactly the next batch.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from typing import Sequence
 
 import grain
 import numpy as np
 
+from cloob_jax import config_lib
 from cloob_jax.data import transforms
 from cloob_jax.evaluators import prompts
 from cloob_jax.evaluators import sources
@@ -72,14 +73,10 @@ def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, n
   return np.sort(perm[k:]), np.sort(perm[:k])
 
 
-def _as_dict(data) -> dict[str, Any]:
-  return data.to_dict() if hasattr(data, "to_dict") else dict(data or {})
-
-
 def load_splits(data_config, image_size: int) -> Splits:
   """The train and validation sources of `config.data` at the model's image size."""
-  train_cfg = _as_dict(data_config.train)
-  val_cfg = _as_dict(data_config.get("val"))
+  train_cfg = config_lib.as_dict(data_config.train)
+  val_cfg = config_lib.as_dict(data_config.get("val"))
   base = sources.classification_source(train_cfg, image_size, "train")
   if val_cfg:
     train, val = base, sources.classification_source(val_cfg, image_size, "val")

@@ -14,6 +14,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from cloob_jax import config_lib
 from cloob_jax import models
 from cloob_jax import paths
 
@@ -28,12 +29,6 @@ class InitModel:
   train_config: Any              # the training workdir's config, or None for a file
   step: int | None               # the checkpoint step of a workdir
   source: str                    # where it came from, for logs and export metadata
-
-
-def _as_dict(value) -> dict[str, Any]:
-  if value is None:
-    return {}
-  return value.to_dict() if hasattr(value, "to_dict") else dict(value)
 
 
 def check(init) -> None:
@@ -69,7 +64,7 @@ def load(init) -> InitModel:
   if train_config is not None:
     from cloob_jax import checkpoint  # pylint: disable=g-import-not-at-top
     name = train_config.model.name
-    overrides = _as_dict(train_config.model.get("overrides"))
+    overrides = config_lib.as_dict(train_config.model.get("overrides"))
     # `step` is the latest when none was asked for; a damaged latest one is skipped there.
     _, step, variables = checkpoint.read_variables(init.workdir, init.get("step"))
     source = f"{paths.absolute(init.workdir)} step {step}"
@@ -80,7 +75,7 @@ def load(init) -> InitModel:
     name, overrides, state_dict = open_clip.read_checkpoint(
         init.checkpoint, init.get("model") or None, what="config.init.model (:model=NAME)",
         allow_torchscript=bool(init.get("allow_torchscript", False)),
-        **_as_dict(init.get("overrides")))
+        **config_lib.as_dict(init.get("overrides")))
     variables = open_clip.convert_state_dict(state_dict, name, **overrides)
     source = paths.absolute(init.checkpoint)
   model_config = models.get_config(name, **overrides)

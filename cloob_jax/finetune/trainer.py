@@ -33,7 +33,9 @@ from cloob_jax import losses
 from cloob_jax import optim
 from cloob_jax import parallel
 from cloob_jax import paths
+from cloob_jax import preemption
 from cloob_jax import train
+from cloob_jax import workdir as workdir_lib
 from cloob_jax.data import transforms
 from cloob_jax.finetune import classifier
 from cloob_jax.finetune import data as data_lib
@@ -255,7 +257,7 @@ def finetune(config: ml_collections.ConfigDict, workdir: str, init=None, splits=
   image_size = init.model_config.vision.image_size
   splits = splits if splits is not None else data_lib.load_splits(config.data, image_size)
   paths.makedirs(workdir)
-  train._write_config(config, workdir)
+  workdir_lib.write_config(config, workdir)
   flyp = config.mode == "flyp"
   module = init.module
   mesh = parallel.make_mesh()
@@ -279,9 +281,10 @@ def finetune(config: ml_collections.ConfigDict, workdir: str, init=None, splits=
       read_threads=config.get("read_threads", 4))
   ckpt = checkpoint.Checkpointer(paths.join(workdir, "checkpoints"),
                                  every=config.checkpoint_every, keep=config.keep_checkpoints)
-  start = ckpt.latest_step()
+  # The newest step that reads back whole; damaged ones are moved aside (checkpoint.py).
+  start, restored = ckpt.restore_latest(checkpoint.abstract_like(state), data)
   if start is not None:
-    state = ckpt.restore(start, checkpoint.abstract_like(state), data)
+    state = restored
     print(f"Resumed from the checkpoint of step {start} in {ckpt.directory}", flush=True)
   step = int(state["step"])
 
@@ -289,8 +292,8 @@ def finetune(config: ml_collections.ConfigDict, workdir: str, init=None, splits=
     variables = model_variables(state["params"]["model"], state["batch_stats"])
     return variables, (None if flyp else state["params"]["head"])
 
-  writer = train.MetricWriter(workdir)
-  stop = train._Stop().install()  # pylint: disable=protected-access
+  writer = workdir_lib.MetricWriter(workdir)
+  stop = preemption.StopFlag().install()
   zeroshot = None
   try:
     if step == 0:
@@ -313,13 +316,13 @@ def finetune(config: ml_collections.ConfigDict, workdir: str, init=None, splits=
       window_steps += 1
       stop_agreed = False
       if pending is not None:
-        train._check_finite(*pending)  # pylint: disable=protected-access
+        train.check_finite(*pending)
         stop_agreed = bool(pending[1][train.STOP])
       pending = (step, metrics)
       final = step == config.total_steps
       row = {}
       if step % config.log_every == 0 or final:
-        train._check_finite(*pending)  # pylint: disable=protected-access
+        train.check_finite(*pending)
         elapsed = time.time() - window_start
         row = _scalar_metrics(metrics)
         row.update(examples_per_sec=window_steps * config.batch_size / elapsed,
@@ -336,10 +339,8 @@ def finetune(config: ml_collections.ConfigDict, workdir: str, init=None, splits=
                 flush=True)
       ckpt.save(step, state, data, force=final)
       if stop_agreed and not final:
-        train._check_finite(*pending)  # pylint: disable=protected-access
-        ckpt.save(step, state, data, force=True)
-        print(f"{stop.signal or 'A stop signal to another process'}: saved the checkpoint of "
-              f"step {step}; exiting", flush=True)
+        train.check_finite(*pending)
+        preemption.save_and_exit_line(stop, ckpt, step, state, data)
         break
   finally:
     stop.uninstall()
