@@ -282,6 +282,35 @@ def test_shard_source_end_to_end(tmp_path):
   assert sorted(ids(b)) == list(range(6))
 
 
+class JpegSource(ListSource):
+  """Photo-like JPEGs (4:3, CC3M's shape) in place of the solid PNGs."""
+
+  def __getitem__(self, i):
+    from cloob_jax.bench.data import natural_image
+    buf = io.BytesIO()
+    natural_image(np.random.default_rng(i), 96, 72).save(buf, "JPEG", quality=90)
+    return {"image_bytes": buf.getvalue(), "caption": f"item {i}", "key": str(i)}
+
+
+def test_fast_decoder_deterministic_resumable_and_close_to_pillow():
+  src = JpegSource(10)
+  run = lambda it, n: [{k: v.copy() for k, v in b.items()} for b in take(it, n)]
+  fast = run(train_iter(src, image_size=32), 4)   # 2 epochs; decoder="auto" is the default
+  for want, got in zip(fast, run(train_iter(src, image_size=32), 4)):
+    np.testing.assert_array_equal(want["image"], got["image"])
+  it = train_iter(src, image_size=32)
+  take(it, 1)
+  resumed = train_iter(src, image_size=32)
+  resumed.set_state(it.get_state())
+  for want, got in zip(fast[1:], run(resumed, 3)):
+    np.testing.assert_array_equal(want["image"], got["image"])
+  slow = run(train_iter(src, image_size=32, decoder="pillow"), 4)
+  for f, s in zip(fast, slow):
+    np.testing.assert_array_equal(f["tokens"], s["tokens"])  # the same records, in order
+    # and the same crops: measured 1.1 at this tiny size; another crop measures 6-8
+    assert np.abs(f["image"].astype(int) - s["image"]).mean() < 2.0
+
+
 def test_multiprocess_workers():
   flags.FLAGS.mark_as_parsed()  # grain's mp_prefetch reads absl flags
   src = ListSource(24, {5: "corrupt"})

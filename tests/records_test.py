@@ -252,3 +252,139 @@ def test_source_refuses_incomplete(tmp_path):
 def test_sum_counts_order():
   assert list(records.sum_counts([{"missing": 1, "corrupt": 2}, {"empty": 1, "corrupt": 1}])
               .items()) == [("empty", 1), ("corrupt", 3), ("missing", 1)]
+
+
+# ---------------------------------------------------------------------------
+# decode_crop: the fast path (simplejpeg + OpenCV) against Pillow.
+
+
+def photo_jpeg(width, height, seed=0, **kw) -> bytes:
+  from cloob_jax.bench.data import natural_image
+  return encode(natural_image(np.random.default_rng(seed), width, height), "JPEG",
+                **dict(dict(quality=90), **kw))
+
+
+def random_box_fn(seed, calls=None):
+  """A random crop as the train pipeline draws it; `calls` collects the sizes it saw."""
+  from cloob_jax.data import transforms
+  rng = np.random.default_rng(seed)
+
+  def box_fn(h, w):
+    if calls is not None:
+      calls.append((h, w))
+    return transforms.random_resized_crop_box(h, w, rng)
+  return box_fn
+
+
+def both(data, size, seed=0, **kw):
+  """(fast, pillow) outputs for the same random crop, and the sizes box_fn saw."""
+  calls = []
+  fast = records.decode_crop(data, size, random_box_fn(seed, calls), **kw)
+  slow = records.decode_crop(data, size, random_box_fn(seed, calls), decoder="pillow", **kw)
+  return fast, slow, calls
+
+
+needs_fast = pytest.mark.skipif(records.fast_codecs() is None,
+                                reason="simplejpeg or opencv-python-headless not installed")
+
+
+def test_dct_scale():
+  assert records.dct_scale((0, 0, 447, 600), 224) == 1
+  assert records.dct_scale((0, 0, 448, 600), 224) == 2
+  assert records.dct_scale((0, 0, 900, 1000), 224) == 4
+  assert records.dct_scale((0, 0, 9000, 9000), 224) == 8
+
+
+def test_decode_crop_pillow_reproduces_the_old_path():
+  from cloob_jax.data import transforms
+  data = photo_jpeg(200, 150)
+  want = transforms.random_resized_crop(records.load_image(data), 64, np.random.default_rng(3))
+  got = records.decode_crop(data, 64, random_box_fn(3), decoder="pillow", scaled=False)
+  np.testing.assert_array_equal(got, want)
+
+
+@needs_fast
+@pytest.mark.parametrize("width,height,size,kw", [
+    (500, 375, 224, {}),                      # CC3M-like, full-scale decode
+    (800, 600, 224, {"progressive": True}),   # 1/2-scale decode
+    (640, 480, 96, {"subsampling": 0}),       # 1/2 or 1/4, 4:4:4 chroma
+])
+def test_decode_crop_fast_close_to_pillow(width, height, size, kw):
+  data = photo_jpeg(width, height, **kw)
+  for seed in range(3):
+    fast, slow, calls = both(data, size, seed)
+    assert fast.shape == slow.shape == (size, size, 3) and fast.dtype == np.uint8
+    assert calls == [(height, width)] * 2  # one box, from the header, for either decoder
+    diff = fast.astype(int) - slow
+    assert np.abs(diff).mean() < 1.0, np.abs(diff).mean()   # measured 0.45 .. 0.7
+    assert np.abs(diff.mean(axis=(0, 1))).max() < 0.5       # no colour shift
+    assert np.percentile(np.abs(diff), 99) <= 8
+
+
+@needs_fast
+def test_decode_crop_same_geometry():
+  # A black square on white: its centroid lands on the same output pixel either way.
+  img = np.full((300, 400, 3), 255, np.uint8)
+  img[90:150, 230:290] = 0
+  data = encode(img, "JPEG", quality=95)
+  for seed in range(4):
+    for scaled in (True, False):
+      outs = both(data, 32, seed, scaled=scaled)[:2]
+      centroids = []
+      for out in outs:
+        dark = 255.0 - out.mean(axis=-1)
+        y, x = np.mgrid[:32, :32]
+        centroids.append((np.sum(dark * y) / dark.sum(), np.sum(dark * x) / dark.sum()))
+      np.testing.assert_allclose(centroids[0], centroids[1], atol=0.15)
+
+
+@needs_fast
+def test_decode_crop_fast_deterministic_and_grayscale():
+  data = photo_jpeg(320, 240, seed=1)
+  a = records.decode_crop(data, 48, random_box_fn(5))
+  np.testing.assert_array_equal(a, records.decode_crop(data, 48, random_box_fn(5)))
+  assert not np.array_equal(a, records.decode_crop(data, 48, random_box_fn(6)))
+  gray = encode(Image.open(io.BytesIO(data)).convert("L"), "JPEG", quality=90)
+  fast, slow, _ = both(gray, 48)
+  assert (fast == fast[..., :1]).all()
+  assert np.abs(fast.astype(int) - slow).mean() < 1.0
+
+
+@needs_fast
+def test_decode_crop_fallbacks_to_pillow(monkeypatch):
+  # CMYK JPEGs, PNGs and JPEGs simplejpeg fails on go through Pillow: exactly its pixels.
+  cmyk = encode(Image.fromarray(smooth_rgb(40, 50)).convert("CMYK"), "JPEG", quality=95)
+  for data in (cmyk, encode(smooth_rgb(40, 50), "PNG")):
+    fast, slow, calls = both(data, 16)
+    np.testing.assert_array_equal(fast, slow)
+    assert calls == [(40, 50)] * 2
+  data = photo_jpeg(120, 90)
+  simplejpeg, _ = records.fast_codecs()
+
+  def broken(*args, **kwargs):
+    raise ValueError("simplejpeg refuses")
+  monkeypatch.setattr(simplejpeg, "decode_jpeg", broken)
+  fast, slow, calls = both(data, 16)
+  np.testing.assert_array_equal(fast, slow)
+  assert calls == [(90, 120)] * 2  # the box drawn before the failure is the one used
+  monkeypatch.setattr(records, "_codecs", None)  # neither library installed
+  fast, slow, _ = both(data, 16)
+  np.testing.assert_array_equal(fast, slow)
+
+
+def test_decode_crop_bad_records_as_pillow():
+  data = photo_jpeg(120, 90)
+  cases = {
+      "empty": (b"", {}),
+      "corrupt": (data[: len(data) // 2], {}),                   # truncated scan
+      "too_small": (encode(smooth_rgb(6, 40), "JPEG"), {}),
+      "too_large": (data, {"max_pixels": 5000}),
+  }
+  cases["corrupt header"] = (b"\xff\xd8 not a jpeg", {})
+  for want, (bad, kw) in cases.items():
+    for decoder in records.DECODERS:
+      with pytest.raises(records.BadRecord) as e:
+        records.decode_crop(bad, 16, random_box_fn(0), decoder=decoder, **kw)
+      assert e.value.reason == want.split()[0], (want, decoder)
+  with pytest.raises(ValueError, match="decoder"):
+    records.decode_crop(data, 16, random_box_fn(0), decoder="turbo")

@@ -26,10 +26,12 @@ orbax via `grain.checkpoint.CheckpointRestore`) continues with exactly the next
 batch. The batch contents depend on `num_workers` (each worker batches its own
 slice), so resume with the same `num_workers`.
 
-Sources: `records.ImageTextSource` ({'image_bytes', 'caption', 'key'}: decoded
-here) or any random-access source of {'image': uint8 [H, W, 3], 'caption': str}
-(e.g. `synthetic.SyntheticWorld`: used as is when already S x S, else
-resized and centre-cropped; pass `augment_arrays=True` to augment them too).
+Sources: `records.ImageTextSource` ({'image_bytes', 'caption', 'key'}: decoded,
+cropped and resized in one step by `records.decode_crop`, with simplejpeg and OpenCV
+for JPEGs when installed, `decoder="pillow"` for Pillow throughout) or any
+random-access source of {'image': uint8 [H, W, 3], 'caption': str} (e.g.
+`synthetic.SyntheticWorld`: used as is when already S x S, else resized and
+centre-cropped; pass `augment_arrays=True` to augment them too).
 """
 
 from __future__ import annotations
@@ -93,12 +95,13 @@ class _Preprocess:
 
   def __init__(self, image_size: int, *, train: bool, scale, ratio, augment_arrays: bool,
                jpeg_draft: bool, max_pixels: int, min_side: int,
-               keep_labels: Sequence[str] = ()):
+               keep_labels: Sequence[str] = (), decoder: str = "auto"):
     self.image_size = image_size
     self.train = train
     self.scale, self.ratio = tuple(scale), tuple(ratio)
     self.augment_arrays = augment_arrays
     self.jpeg_draft = jpeg_draft
+    self.decoder = decoder
     self.max_pixels, self.min_side = max_pixels, min_side
     self.keep_labels = tuple(keep_labels)
 
@@ -109,21 +112,23 @@ class _Preprocess:
     try:
       caption = records.clean_caption(record.get("caption"))
       if "image_bytes" in record:
-        image = records.load_image(  # a PIL image: the transforms take it as is
-            record["image_bytes"], max_pixels=self.max_pixels, min_side=self.min_side,
-            # A train crop keeps >= ~82% of a side, so a >= S draft upsamples <= 1.2x.
-            draft_size=s if self.jpeg_draft else None)
-        augment = self.train
+        if self.train:  # the crop is drawn from the header's size, before decoding
+          box_fn = lambda h, w: transforms.random_resized_crop_box(h, w, rng, self.scale,
+                                                                   self.ratio)
+        else:
+          box_fn = transforms.center_crop_box
+        image = records.decode_crop(
+            record["image_bytes"], s, box_fn, decoder=self.decoder, scaled=self.jpeg_draft,
+            max_pixels=self.max_pixels, min_side=self.min_side)
       else:
         image = np.asarray(record["image"])
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
           raise records.BadRecord("corrupt", f"image {image.dtype} {image.shape}")
-        augment = self.train and self.augment_arrays
-      if augment:
-        image = transforms.random_resized_crop(image, s, rng, scale=self.scale,
-                                               ratio=self.ratio)
-      else:
-        image = transforms.resize_center_crop(image, s)  # returns S x S arrays as is
+        if self.train and self.augment_arrays:
+          image = transforms.random_resized_crop(image, s, rng, scale=self.scale,
+                                                 ratio=self.ratio)
+        else:
+          image = transforms.resize_center_crop(image, s)  # returns S x S arrays as is
     except records.BadRecord as e:
       return {_BAD: e.reason}
     out = {"image": image, "caption": caption}
@@ -259,6 +264,7 @@ def create_train_dataset(
     max_pixels: int = records.DEFAULT_MAX_PIXELS,
     min_side: int = records.DEFAULT_MIN_SIDE,
     worker_buffer_size: int = 1,
+    decoder: str = "auto",
 ) -> grain.IterDataset:
   """The infinite training stream of this process's batches.
 
@@ -277,9 +283,11 @@ def create_train_dataset(
     prefetch_buffer_size: elements read ahead by those threads.
     scale, ratio: random-resized-crop area fraction and aspect range.
     augment_arrays: also random-crop sources that give ready uint8 images.
-    jpeg_draft: let libjpeg decode at a reduced scale that is still >= S.
+    jpeg_draft: decode JPEGs at a reduced DCT scale at which the crop is still >= S.
     max_pixels, min_side: limits for decode_image.
     worker_buffer_size: batches buffered per worker process.
+    decoder: "auto" (simplejpeg + OpenCV for JPEGs when installed, Pillow for the
+      rest) or "pillow"; see records.decode_crop.
 
   Returns:
     a grain IterDataset; `iter()` gives a checkpointable DatasetIterator of
@@ -294,7 +302,7 @@ def create_train_dataset(
   local_batch = global_batch_size // process_count
   preprocess = _Preprocess(image_size, train=True, scale=scale, ratio=ratio,
                            augment_arrays=augment_arrays, jpeg_draft=jpeg_draft,
-                           max_pixels=max_pixels, min_side=min_side)
+                           max_pixels=max_pixels, min_side=min_side, decoder=decoder)
   family_size = int(getattr(source, "family_size", 1))
   if global_batch_size % family_size:
     raise ValueError(f"global_batch_size {global_batch_size} is not divisible by the source's "
@@ -384,6 +392,7 @@ def create_eval_dataset(
     jpeg_draft: bool = True,
     max_pixels: int = records.DEFAULT_MAX_PIXELS,
     min_side: int = records.DEFAULT_MIN_SIDE,
+    decoder: str = "auto",
 ) -> grain.IterDataset:
   """One in-order pass over `source`, every record once, in padded batches.
 
@@ -408,7 +417,7 @@ def create_eval_dataset(
   num_batches = -(-per_process // local_batch)
   preprocess = _Preprocess(image_size, train=False, scale=(1, 1), ratio=(1, 1),
                            augment_arrays=False, jpeg_draft=jpeg_draft,
-                           max_pixels=max_pixels, min_side=min_side)
+                           max_pixels=max_pixels, min_side=min_side, decoder=decoder)
   pad = {"image": np.zeros((image_size, image_size, 3), np.uint8), "caption": "pad"}
   if keep_labels and n:
     first = source[0]  # label shapes for padding elements
