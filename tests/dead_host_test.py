@@ -5,7 +5,6 @@ Two processes with one CPU device each, gloo collectives, `configs/demo.py:tiny=
 `--peer_timeout_s=10` (the default is 60) so that the hung case stays short.
 """
 
-import json
 import os
 import random
 import re
@@ -16,6 +15,7 @@ import time
 
 from cloob_jax import distributed
 from cloob_jax import peerwatch
+from cloob_jax import workdir as workdir_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 16
@@ -35,11 +35,7 @@ def _process(i, workdir, port):
 
 
 def _last_step(workdir):
-  path = os.path.join(workdir, "metrics.jsonl")
-  if not os.path.exists(path):
-    return 0
-  with open(path) as f:
-    return max((json.loads(line)["step"] for line in f if line.strip()), default=0)
+  return max((row["step"] for row in workdir_lib.read_metrics(workdir)), default=0)
 
 
 def _start_and_wait_for_step(workdir, step, timeout=300):

@@ -66,13 +66,19 @@ class MultiHeadAttention(nn.Module):
     qkv = dense(3 * w, self.dtype, "in_proj", self.in_std)(x)
     q, k, v = jnp.split(qkv.reshape(b, l, 3, self.heads, head_dim), 3, axis=2)
     q, k, v = q[:, :, 0], k[:, :, 0], v[:, :, 0]  # [b, l, heads, head_dim]
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q * head_dim**-0.5, k,
-                        preferred_element_type=jnp.float32)
-    if mask is not None:
-      logits = jnp.where(mask, logits, -jnp.inf)
-    weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-    out = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(b, l, w)
+    out = attention(q, k, v, mask, self.dtype).reshape(b, l, w)
     return dense(w, self.dtype, "out_proj", self.out_std)(out)
+
+
+def attention(q, k, v, mask=None, dtype=jnp.float32):
+  """softmax(q k^T / sqrt(d)) v per head, logits in float32: q [b, lq, h, d], k and v
+  [b, lk, h, d], mask bool [lq, lk] (True = attend) or None -> [b, lq, h, d] in `dtype`."""
+  logits = jnp.einsum("bqhd,bkhd->bhqk", q * q.shape[-1]**-0.5, k,
+                      preferred_element_type=jnp.float32)
+  if mask is not None:
+    logits = jnp.where(mask, logits, -jnp.inf)
+  weights = jax.nn.softmax(logits, axis=-1).astype(dtype)
+  return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
 
 
 class MLP(nn.Module):

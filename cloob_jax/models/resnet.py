@@ -91,10 +91,7 @@ class AttentionPool2d(nn.Module):
     q = nnl.dense(c, self.dtype, "q_proj", std)(x[:, :1]).reshape(b, 1, self.heads, head_dim)
     k = nnl.dense(c, self.dtype, "k_proj", std)(x).reshape(b, -1, self.heads, head_dim)
     v = nnl.dense(c, self.dtype, "v_proj", std)(x).reshape(b, -1, self.heads, head_dim)
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q * head_dim**-0.5, k,
-                        preferred_element_type=jnp.float32)
-    weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-    out = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(b, c)
+    out = nnl.attention(q, k, v, dtype=self.dtype).reshape(b, c)
     return nnl.dense(self.output_dim, self.dtype, "c_proj", std)(out)
 
 
