@@ -146,6 +146,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
   models.get_config(config.model.name, **config.model.overrides.to_dict())
 
 
+def load_module(path: str):
+  """A config file (or any Python file) by path, as a module: what `--config` files are."""
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"config file {path!r} does not exist")
+  module_spec = importlib.util.spec_from_file_location(
+      "_config_" + os.path.splitext(os.path.basename(path))[0], path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module
+
+
 def load_config_file(spec: str, **args) -> ml_collections.ConfigDict:
   """'configs/demo.py[:a=1,b=2]' plus keyword args -> the file's get_config(merged args).
 
@@ -153,12 +164,7 @@ def load_config_file(spec: str, **args) -> ml_collections.ConfigDict:
   both in `spec` and as a keyword is refused rather than silently overridden.
   """
   path, _, given = spec.partition(":")
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"config file {path!r} does not exist")
-  module_spec = importlib.util.spec_from_file_location(
-      "_config_" + os.path.splitext(os.path.basename(path))[0], path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
+  module = load_module(path)
   items = [item for item in given.split(",") if item]
   clash = {item.partition("=")[0] for item in items} & set(args)
   if clash:

@@ -5,7 +5,6 @@
 Args as configs/cc3m.py.
 """
 
-import importlib.util
 import os
 
 from cloob_jax import config_lib
@@ -14,11 +13,9 @@ YFCC_TRAIN_SIZE = 14_829_396
 
 
 def _paper_config():
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cc3m.py")
-  spec = importlib.util.spec_from_file_location("cloob_cc3m_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.paper_config
+  """cc3m.py's paper_config, loaded by path (config files are not a package)."""
+  return config_lib.load_module(
+      os.path.join(os.path.dirname(os.path.abspath(__file__)), "cc3m.py")).paper_config
 
 
 def get_config(arg=None):

@@ -35,15 +35,6 @@ def _parse(argv):
   return p.parse_args(argv)
 
 
-def _load_config(spec):
-  import importlib.util
-  path, _, arg = spec.partition(":")
-  module_spec = importlib.util.spec_from_file_location("bench_config", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(arg or None)
-
-
 def _flops(compiled) -> float:
   cost = compiled.cost_analysis()
   if isinstance(cost, (list, tuple)):
@@ -195,7 +186,8 @@ def run():
   if args._objective_only:
     print(json.dumps(objective_figures(args.objective_batch, args.objective_dim)))
     return
-  config = _load_config(args.config)
+  from cloob_jax import config_lib  # pylint: disable=g-import-not-at-top
+  config = config_lib.load_config_file(args.config)
   if args.model:
     config.model.name = args.model
     config.model.overrides = {}
