@@ -160,13 +160,19 @@ def single_core(source, image_size: int, context_length: int, n: int, repeats: i
 
 def pipeline_rate(source, *, workers: int, batch_size: int, batches: int, repeats: int,
                   **kwargs) -> tuple[float, float]:
-  """(images/s, images per CPU-second) of the grain train pipeline after a warm-up batch."""
+  """(images/s, images per CPU-second) of the grain train pipeline in its steady state.
+
+  Read-ahead is one batch per process (and one batch queued per worker), and the
+  warm-up drains what the buffers held, so the timed batches are the ones made
+  while timing (with grain's default read-ahead of 256 images the buffers alone
+  could hold more than a timed run).
+  """
   from cloob_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   it = pipeline.create_train_iterator(
       source, global_batch_size=batch_size, process_index=0, process_count=1,
-      num_workers=workers, **kwargs)
+      num_workers=workers, prefetch_buffer_size=batch_size, worker_buffer_size=1, **kwargs)
   try:
-    for _ in range(2):  # worker start-up, buffers filling
+    for _ in range(2 + 2 * max(workers, 1)):  # worker start-up, then the buffers drained
       next(it)
 
     def consume():
