@@ -9,7 +9,15 @@ import ml_collections
 
 from cloob_jax import errors
 
-METHODS = ("cloob", "clip", "infoloob", "hopfield_infonce")
+
+
+def __getattr__(name):
+  """`METHODS`: the registered objectives' names, read when first asked for (importing the
+  objectives imports jax, which config files should not pay for)."""
+  if name == "METHODS":
+    from cloob_jax import objectives  # pylint: disable=g-import-not-at-top
+    return objectives.names()
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def as_dict(value) -> dict[str, Any]:
@@ -90,13 +98,15 @@ def apply_override(config: ml_collections.ConfigDict, item: str) -> None:
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """Refuses a config that cannot train, naming the key, before any compile or data read."""
-  if config.method not in METHODS:
-    raise errors.UserError(f"config.method={config.method!r}{_suggest(config.method, METHODS)}; "
-                           f"choose one of {METHODS}")
+  from cloob_jax import objectives  # pylint: disable=g-import-not-at-top
+  methods = objectives.names()
+  if config.method not in methods:
+    raise errors.UserError(f"config.method={config.method!r}{_suggest(config.method, methods)}; "
+                           f"choose one of {methods}")
   for key in ("batch_size", "total_steps", "log_every", "checkpoint_every", "keep_checkpoints"):
     if int(config[key]) <= 0:
       raise errors.UserError(f"config.{key} must be positive, got {config[key]}")
-  if config.inv_tau <= 0 or (config.method in ("cloob", "hopfield_infonce") and config.beta <= 0):
+  if config.inv_tau <= 0 or (objectives.get(config.method).needs_beta and config.beta <= 0):
     raise errors.UserError(f"config.inv_tau ({config.inv_tau}) and config.beta ({config.beta}) "
                            "must be positive")
   if config.data.source not in ("synthetic", "records"):

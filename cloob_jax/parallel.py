@@ -89,7 +89,8 @@ def _is_explicit(mesh, axis_name: AxisName) -> bool:
 
 
 def gathered_loss(method: str, x: jax.Array, y: jax.Array, inv_tau, beta,
-                  mesh: jax.sharding.Mesh | None, axis_name: AxisName = 'data') -> jax.Array:
+                  mesh: jax.sharding.Mesh | None, axis_name: AxisName = 'data',
+                  **extra) -> jax.Array:
   """`losses.<method>(x, y, inv_tau, beta)` computed with the batch sharded over devices.
 
   Each device all-gathers X and Y, computes its own rows of every N x N score matrix
@@ -100,18 +101,19 @@ def gathered_loss(method: str, x: jax.Array, y: jax.Array, inv_tau, beta,
   the gradient of all_gather is a reduce-scatter, which adds up every device's share.
 
   Args:
-    method: 'clip' / 'infonce', 'infoloob', 'cloob' or 'hopfield_infonce'.
+    method: an objective's name (objectives.names(): 'clip' / 'infonce', 'cloob', 'siglip', ...).
     x: [N, d] global image embeddings (L2-normalised), ideally sharded P(axis_name).
     y: [N, d] global text embeddings, same sharding.
     inv_tau: s = 1/tau, python float or (traced, replicated) jax scalar.
     beta: Hopfield inverse temperature (ignored, may be None, for infonce/infoloob).
     mesh: the device mesh; None uses the mesh set with `jax.set_mesh`.
     axis_name: mesh axis (or tuple of axes) the batch is split over.
+    **extra: the objective's own learnt scalars (SigLIP's `bias`), replicated.
 
   Returns:
     Scalar loss, replicated; float32 (float64 for float64 inputs).
   """
-  losses.check_args(method, x, y, beta)
+  losses.check_args(method, x, y, beta, **extra)
   row_sum = losses.get_row_sum(method)
   if mesh is None:
     mesh = jax.sharding.get_abstract_mesh()
@@ -130,6 +132,7 @@ def gathered_loss(method: str, x: jax.Array, y: jax.Array, inv_tau, beta,
   scalars = {'inv_tau': jnp.asarray(inv_tau, dtype)}
   if beta is not None:
     scalars['beta'] = jnp.asarray(beta, dtype)
+  scalars.update({k: jnp.asarray(v, dtype) for k, v in extra.items() if v is not None})
 
   def gather(a):
     return jax.lax.all_gather(a, axis_name, tiled=True)
@@ -137,7 +140,7 @@ def gathered_loss(method: str, x: jax.Array, y: jax.Array, inv_tau, beta,
   def per_device(x_local, y_local, scalars):
     offset = jax.lax.axis_index(axis_name) * x_local.shape[0]
     block = row_sum(x_local, y_local, gather(x_local), gather(y_local), offset,
-                    scalars['inv_tau'], scalars.get('beta'), gather)
+                    {'beta': None, **scalars}, gather)
     return jax.lax.psum(block, axis_name) / global_batch
 
   return jax.shard_map(per_device, mesh=mesh, in_specs=(spec, spec, jax.P()),
@@ -146,7 +149,8 @@ def gathered_loss(method: str, x: jax.Array, y: jax.Array, inv_tau, beta,
 
 def make_loss_fn(method: str, mesh: jax.sharding.Mesh | None = None,
                  axis_name: AxisName = 'data') -> Callable[..., jax.Array]:
-  """Loss on model outputs for the train step: `fn(image_emb, text_emb, inv_tau, beta=None)`.
+  """Loss on model outputs for the train step: `fn(image_emb, text_emb, inv_tau, beta=None,
+  **extra)`, `extra` being the objective's own learnt scalars (SigLIP's `bias`).
 
   image_emb, text_emb: [B, d] global L2-normalised embeddings sharded P(axis_name) (the
   towers' outputs inside the jitted step). With a mesh of one device, or mesh=None and
@@ -155,11 +159,12 @@ def make_loss_fn(method: str, mesh: jax.sharding.Mesh | None = None,
   """
   losses.get_row_sum(method)  # Fail early on a typo.
 
-  def loss_fn(image_emb, text_emb, inv_tau, beta=None):
+  def loss_fn(image_emb, text_emb, inv_tau, beta=None, **extra):
     active = mesh if mesh is not None else jax.sharding.get_abstract_mesh()
     if active.empty:
-      return losses.get_loss(method)(image_emb, text_emb, inv_tau, beta)
-    return gathered_loss(method, image_emb, text_emb, inv_tau, beta, active, axis_name)
+      return losses.get_loss(method)(image_emb, text_emb, inv_tau, beta, **extra)
+    return gathered_loss(method, image_emb, text_emb, inv_tau, beta, active, axis_name,
+                         **extra)
 
   return loss_fn
 

@@ -24,6 +24,7 @@ from cloob_jax import config_lib
 from cloob_jax import errors
 from cloob_jax import losses
 from cloob_jax import models
+from cloob_jax import objectives
 from cloob_jax import optim
 from cloob_jax import parallel
 from cloob_jax import paths
@@ -58,11 +59,16 @@ def create_train_iterator(config, model_config, process_index=None, process_coun
 
 
 def init_state(model, tx, config, model_config, rng):
-  """-> {'step', 'params', 'batch_stats', 'opt_state'}; the temperature starts at config.inv_tau."""
+  """-> {'step', 'params', 'batch_stats', 'opt_state'}; the temperature starts at config.inv_tau.
+
+  The objective's learnt scalars (objectives.Objective.scalars: log 1/tau in 'logit_scale',
+  SigLIP's bias in 'logit_bias') are params, each at its declared initial value.
+  """
   size, context = model_config.vision.image_size, model_config.text.context_length
   variables = model.init(rng, jnp.zeros((1, size, size, 3)), jnp.zeros((1, context), jnp.int32))
   params = dict(variables["params"])
-  params["logit_scale"] = jnp.asarray(math.log(config.inv_tau), jnp.float32)
+  for scalar in objectives.get(config.method).scalars:
+    params[scalar.param] = jnp.asarray(scalar.init(config), jnp.float32)
   return {"step": jnp.zeros((), jnp.int32), "params": params,
           "batch_stats": variables.get("batch_stats", {}), "opt_state": tx.init(params)}
 
@@ -85,6 +91,7 @@ def train_step(state, batch, *, model, tx, schedule, loss_fn, config):
   as metrics[STOP], its maximum over all processes, so that every process sees the same value.
   """
   images = transforms.normalize(batch["image"])
+  objective = objectives.get(config.method)
 
   def compute_loss(params):
     variables = {"params": params}
@@ -96,17 +103,21 @@ def train_step(state, batch, *, model, tx, schedule, loss_fn, config):
     if not config.learn_inv_tau:
       log_inv_tau = jax.lax.stop_gradient(log_inv_tau)
     inv_tau = losses.inv_tau_from_log(log_inv_tau)
-    loss = loss_fn(img, txt, inv_tau, config.beta)
+    extra = {s.name: s.transform(params[s.param]) for s in objective.extra_scalars}
+    loss = loss_fn(img, txt, inv_tau, config.beta, **extra)
     return loss, (updates.get("batch_stats", {}), inv_tau, mean_cosine(img), mean_cosine(txt))
 
   (loss, (batch_stats, inv_tau, image_cos, text_cos)), grads = jax.value_and_grad(
       compute_loss, has_aux=True)(state["params"])
   updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
   params = optax.apply_updates(state["params"], updates)
-  params["logit_scale"] = jnp.clip(params["logit_scale"], 0.0, losses.MAX_LOG_INV_TAU)
+  for scalar in objective.scalars:  # each in its declared range ([0, log 100] for log 1/tau)
+    if scalar.low is not None or scalar.high is not None:
+      params[scalar.param] = jnp.clip(params[scalar.param], scalar.low, scalar.high)
   metrics = {"loss": loss, "inv_tau": inv_tau, "grad_norm": optax.tree.norm(grads),
              "learning_rate": schedule(state["step"]), "image_mean_cosine": image_cos,
-             "text_mean_cosine": text_cos}
+             "text_mean_cosine": text_cos,
+             **{s.name: params[s.param] for s in objective.extra_scalars}}
   if "stop" in batch:  # int32 [B], each process's rows hold its own flag: did any ask to stop?
     metrics[STOP] = jnp.max(batch["stop"])
   new_state = {"step": state["step"] + 1, "params": params, "batch_stats": batch_stats,

@@ -2,9 +2,10 @@
 
   python -m cloob_jax.main --config=configs/cc3m.py:model=RN50,data_dir=/data/cc3m \
       --workdir=gs://bucket/cc3m_rn50
-Args: model (RN50|RN101|RN50x4|ViT-B/32|ViT-B/16), method (cloob|clip|infoloob|
-hopfield_infonce), data_dir (shards from `python -m cloob_jax.data.convert`: a local folder, a
-gcsfuse mount, or gs:// with cache_dir=/local/disk to copy them to), epochs, batch_size.
+Args: model (RN50|RN101|RN50x4|ViT-B/32|ViT-B/16), method (cloob|clip|infoloob|siglip|
+hopfield_infonce|hopfield_siglip), data_dir (shards from `python -m cloob_jax.data.convert`: a
+local folder, a gcsfuse mount, or gs:// with cache_dir=/local/disk to copy them to), epochs,
+batch_size.
 """
 
 import ml_collections
@@ -25,6 +26,8 @@ def paper_config(arg, *, dataset_size, lr, warmup_steps, restarts):
   config.beta = 8.0
   if arg.method == "clip":
     config.inv_tau = 1 / 0.07
+  if arg.method in ("siglip", "hopfield_siglip"):  # Zhai et al. 2023: s = 10, b = -10, learnt
+    config.inv_tau, config.learn_inv_tau, config.init_bias = 10.0, True, -10.0
 
   resnet = arg.model.startswith("RN")
   config.model = ml_collections.ConfigDict()

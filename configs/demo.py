@@ -21,6 +21,8 @@ def get_config(arg=None):
   config.inv_tau = 30.0
   config.learn_inv_tau = False
   config.beta = 8.0
+  if arg.method in ("siglip", "hopfield_siglip"):  # Zhai et al. 2023: s = 10, b = -10, learnt
+    config.inv_tau, config.learn_inv_tau, config.init_bias = 10.0, True, -10.0
 
   config.model = ml_collections.ConfigDict()
   # ConvNet-tiny: three strided conv-BN layers and a dense layer over the final 6x6 map (not a

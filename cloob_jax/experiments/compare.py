@@ -37,6 +37,7 @@ import numpy as np
 from cloob_jax import cli
 from cloob_jax import config_lib
 from cloob_jax import errors
+from cloob_jax import objectives
 from cloob_jax import paths
 from cloob_jax import workdir as workdir_lib
 
@@ -181,8 +182,9 @@ def markdown_report(config, config_spec: str, methods: list[str], seeds: int,
       f"({config.total_steps * config.batch_size:,} image-caption pairs), model "
       f"`{config.model.name}` with the config's overrides, learning rate "
       f"{config.optimizer.lr:g}, 1/τ = {config.inv_tau:g}"
-      f"{' (learnt)' if config.get('learn_inv_tau') else ' (fixed)'}, β = {config.beta:g} (CLOOB "
-      "and Hopfield-InfoNCE only). Only `method` and `seed` differ between runs."
+      f"{' (learnt)' if config.get('learn_inv_tau') else ' (fixed)'}, β = {config.beta:g} ("
+      + (", ".join(m for m in methods if objectives.get(m).needs_beta) or "none of these")
+      + " only). Only `method` and `seed` differ between runs."
       + (" Config overrides of every run: " + ", ".join(f"`{o}`" for o in overrides) + "."
          if overrides else ""),
       "",

@@ -30,6 +30,7 @@ import optax
 from cloob_jax import checkpoint
 from cloob_jax import config_lib
 from cloob_jax import losses
+from cloob_jax import objectives
 from cloob_jax import optim
 from cloob_jax import parallel
 from cloob_jax import paths
@@ -56,15 +57,19 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   if config.mode not in MODES:
     raise ValueError(f"config.mode={config.mode!r}{config_lib._suggest(config.mode, MODES)}; "
                      f"choose one of {', '.join(MODES)}")
-  if config.mode == "flyp" and config.method not in config_lib.METHODS:
+  # FLYP trains the towers and 1/tau only: objectives with learnt scalars of their own
+  # (SigLIP's bias) are not offered.
+  flyp_methods = [m for m in objectives.names() if not objectives.get(m).extra_scalars]
+  if config.mode == "flyp" and config.method not in flyp_methods:
     raise ValueError(f"config.method={config.method!r}"
-                     f"{config_lib._suggest(config.method, config_lib.METHODS)}; FLYP's "
-                     f"objective is one of {', '.join(config_lib.METHODS)}")
+                     f"{config_lib._suggest(config.method, flyp_methods)}; FLYP's "
+                     f"objective is one of {', '.join(flyp_methods)}")
   for key in ("batch_size", "total_steps", "log_every", "eval_every", "checkpoint_every",
               "keep_checkpoints", "eval_batch_size"):
     if int(config[key]) <= 0:
       raise ValueError(f"config.{key} must be positive, got {config[key]}")
-  if config.mode == "flyp" and config.method in ("cloob", "hopfield_infonce") and config.beta <= 0:
+  if (config.mode == "flyp" and objectives.get(config.method).needs_beta
+      and config.beta <= 0):
     raise ValueError(f"config.beta must be positive for {config.method}, got {config.beta}")
   if config.optimizer.schedule not in ("cosine", "constant"):
     raise ValueError(f"config.optimizer.schedule={config.optimizer.schedule!r}; choose "
