@@ -108,3 +108,21 @@ def test_text_pools_at_the_end_token():
   np.testing.assert_allclose(base, changed, atol=1e-6)
   moved = encode(tokens.at[:, 4].set(49407).at[:, 5].set(0))
   assert np.abs(np.asarray(base) - np.asarray(moved)).max() > 1e-3
+
+
+def test_fused_attention_implementations_equal_the_einsum_path():
+  # jax.nn.dot_product_attention (the 'xla' implementation runs on CPU; 'cudnn' is the same
+  # call on NVIDIA GPUs): causal for the text tower through is_causal, never a mask.
+  plain = models.create_model("ViT-tiny")
+  fused = models.create_model("ViT-tiny", attention="xla")
+  images, tokens = _inputs(models.get_config("ViT-tiny"))
+  tokens = tokens.at[:, 6:9].set(7)  # tokens after the end of text must not be attended to
+  variables = plain.init(jax.random.key(1), images, tokens)
+  for got, want in zip(fused.apply(variables, images, tokens)[:2],
+                       plain.apply(variables, images, tokens)[:2]):
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
+  with pytest.raises(ValueError, match="unknown model override attention='flash'"):
+    models.get_config("ViT-tiny", attention="flash")
+  with pytest.raises(ValueError, match="attention='cudnn' needs dtype bfloat16"):
+    models.get_config("ViT-tiny", attention="cudnn")
+  assert models.get_config("ViT-B/16", attention="cudnn", dtype="bfloat16").attention == "cudnn"

@@ -23,6 +23,9 @@ def _parse(argv):
   p.add_argument("--batch_size", type=int, default=None)
   p.add_argument("--dtype", default=None, help="float32 | bfloat16 compute")
   p.add_argument("--method", default=None)
+  p.add_argument("--attention", default=None,
+                 help="einsum | xla | cudnn (jax.nn.dot_product_attention; cudnn needs bfloat16)")
+  p.add_argument("--remat", action="store_true", help="rematerialise both towers' blocks")
   p.add_argument("--steps", type=int, default=10)
   p.add_argument("--warmup", type=int, default=2)
   p.add_argument("--torch", action="store_true", help="also time open_clip's PyTorch step")
@@ -40,6 +43,40 @@ def _flops(compiled) -> float:
   if isinstance(cost, (list, tuple)):
     cost = cost[0]
   return float(cost.get("flops", 0.0)) if cost else 0.0
+
+
+# Dense bf16 peak FLOP/s per chip by device kind (vendor figures), for MFU: one device's FLOPs
+# of the partitioned step (XLA's cost analysis) over (step time x peak). First match wins.
+PEAK_BF16_FLOPS = (
+    ("H200", 989e12), ("H100", 989e12), ("GH200", 989e12), ("A100", 312e12), ("L4", 121e12),
+    ("TPU v6", 918e12), ("TPU v5 lite", 197e12), ("TPU v5e", 197e12), ("TPU v5p", 459e12),
+    ("TPU v5", 459e12), ("TPU v4", 275e12), ("TPU v3", 123e12),
+)
+
+
+def peak_flops(device_kind: str) -> float | None:
+  """The chip's dense bf16 peak (PEAK_BF16_FLOPS), or None for a kind not listed (CPUs)."""
+  for name, flops in PEAK_BF16_FLOPS:
+    if name.lower() in device_kind.lower():
+      return flops
+  return None
+
+
+def _memory(compiled) -> dict[str, int]:
+  """XLA's memory analysis of the compiled step, per device; plus the device's own peak."""
+  import jax
+  out = {}
+  try:
+    analysis = compiled.memory_analysis()
+    out = {"temp_bytes": int(analysis.temp_size_in_bytes),
+           "argument_bytes": int(analysis.argument_size_in_bytes),
+           "output_bytes": int(analysis.output_size_in_bytes)}
+  except Exception:  # pylint: disable=broad-except  (not every backend reports it)
+    pass
+  stats = jax.local_devices()[0].memory_stats() or {}
+  if "peak_bytes_in_use" in stats:
+    out["device_peak_bytes"] = int(stats["peak_bytes_in_use"])
+  return out
 
 
 def _time(fn, steps, warmup):
@@ -90,7 +127,7 @@ def train_step_figures(config, steps, warmup):
   return {"model": config.model.name, "dtype": model_config.dtype, "batch_size": b,
           "method": config.method, "devices": mesh.size, "compile_s": compile_s,
           "step_s": seconds, "images_per_s": b / seconds, "step_flops": flops,
-          "model_flops_per_s": flops / seconds}
+          "model_flops_per_s": flops / seconds, "memory": _memory(compiled)}
 
 
 def torch_step_seconds(model_name, batch_size, steps, warmup, image_size, context):
@@ -197,10 +234,17 @@ def run():
     config.method = args.method
   if args.dtype:
     config.model.overrides["dtype"] = args.dtype
+  if args.attention:
+    config.model.overrides["attention"] = args.attention
+  if args.remat:
+    config.model.overrides["vision"] = dict(remat=True)
+    config.model.overrides["text"] = dict(remat=True)
   import ml_collections
   config.model.overrides = ml_collections.ConfigDict(dict(config.model.overrides))
   import jax
-  figures = {"backend": jax.default_backend(), "device_kind": jax.devices()[0].device_kind}
+  figures = {"backend": jax.default_backend(), "device_kind": jax.devices()[0].device_kind,
+             "attention": config.model.overrides.get("attention", "einsum"),
+             "remat": bool(args.remat)}
   dtype = config.model.overrides.get("dtype", "float32")
   step = train_step_figures(config, args.steps, args.warmup)
   peak = matmul_flops_per_sec(dtype=dtype)
@@ -208,9 +252,21 @@ def run():
   print(f"{step['model']} {step['dtype']} batch {step['batch_size']} ({step['method']}) on "
         f"{step['devices']} {figures['backend']} device(s): compile {step['compile_s']:.1f} s, "
         f"step {step['step_s'] * 1e3:.1f} ms, {step['images_per_s']:.1f} images/s")
-  print(f"  model {step['step_flops'] / 1e9:.2f} GFLOP/step -> {step['model_flops_per_s'] / 1e9:.2f}"
+  print(f"  model {step['step_flops'] / 1e9:.2f} GFLOP/step per device -> "
+        f"{step['model_flops_per_s'] / 1e9:.2f}"
         f" GFLOP/s = {100 * figures['fraction_of_matmul']:.1f}% of a 2048^3 matmul's "
         f"{peak / 1e9:.2f} GFLOP/s measured in this run")
+  chip = peak_flops(figures["device_kind"])
+  if chip:  # the cost analysis is of one device's share of the partitioned step
+    figures["mfu"] = step["model_flops_per_s"] / chip
+    print(f"  MFU {100 * figures['mfu']:.1f}% of {figures['device_kind']}'s {chip / 1e12:.0f} "
+          "TFLOP/s dense bf16 peak (per device)")
+  memory = step["memory"]
+  if memory:
+    gib = 1024**3
+    print("  memory per device: " + ", ".join(
+        f"{k.replace('_bytes', '').replace('_', ' ')} {v / gib:.2f} GiB"
+        for k, v in memory.items()))
   if args.torch:
     from cloob_jax import models
     mc = models.get_config(config.model.name)

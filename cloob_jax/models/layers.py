@@ -57,6 +57,8 @@ class MultiHeadAttention(nn.Module):
   dtype: Dtype = jnp.float32
   in_std: float | None = None
   out_std: float | None = None
+  attention: str = "einsum"  # `attention`'s implementation
+  causal: bool = False       # the mask is causal (what jax.nn.dot_product_attention is told)
 
   @nn.compact
   def __call__(self, x, mask=None):
@@ -66,13 +68,26 @@ class MultiHeadAttention(nn.Module):
     qkv = dense(3 * w, self.dtype, "in_proj", self.in_std)(x)
     q, k, v = jnp.split(qkv.reshape(b, l, 3, self.heads, head_dim), 3, axis=2)
     q, k, v = q[:, :, 0], k[:, :, 0], v[:, :, 0]  # [b, l, heads, head_dim]
-    out = attention(q, k, v, mask, self.dtype).reshape(b, l, w)
+    out = attention(q, k, v, mask, self.dtype, implementation=self.attention,
+                    causal=self.causal).reshape(b, l, w)
     return dense(w, self.dtype, "out_proj", self.out_std)(out)
 
 
-def attention(q, k, v, mask=None, dtype=jnp.float32):
-  """softmax(q k^T / sqrt(d)) v per head, logits in float32: q [b, lq, h, d], k and v
-  [b, lk, h, d], mask bool [lq, lk] (True = attend) or None -> [b, lq, h, d] in `dtype`."""
+ATTENTION = ("einsum", "xla", "cudnn")
+
+
+def attention(q, k, v, mask=None, dtype=jnp.float32, implementation="einsum", causal=False):
+  """softmax(q k^T / sqrt(d)) v per head: q [b, lq, h, d], k and v [b, lk, h, d], mask bool
+  [lq, lk] (True = attend) or None -> [b, lq, h, d] in `dtype`.
+
+  implementation: 'einsum' (logits in float32, the towers' default, equal to open_clip's),
+  or jax.nn.dot_product_attention's 'xla' / 'cudnn' (fused flash attention on NVIDIA GPUs;
+  bfloat16 or float16). Those are told `is_causal=causal` and never given `mask`.
+  """
+  if implementation != "einsum":
+    out = jax.nn.dot_product_attention(q, k, v, is_causal=causal,
+                                       implementation=implementation)
+    return out.astype(dtype)
   logits = jnp.einsum("bqhd,bkhd->bhqk", q * q.shape[-1]**-0.5, k,
                       preferred_element_type=jnp.float32)
   if mask is not None:
@@ -104,6 +119,8 @@ class ResidualAttentionBlock(nn.Module):
   mlp_ratio: float = 4.0
   quick_gelu: bool = False
   dtype: Dtype = jnp.float32
+  attention: str = "einsum"
+  causal: bool = False
 
   @nn.compact
   def __call__(self, x, mask=None):
@@ -112,7 +129,7 @@ class ResidualAttentionBlock(nn.Module):
     fc_std = (2 * self.width)**-0.5
     y = LayerNorm(self.dtype, name="ln_1")(x)
     x = x + MultiHeadAttention(self.width, self.heads, self.dtype, attn_std, proj_std,
-                               name="attn")(y, mask)
+                               self.attention, self.causal, name="attn")(y, mask)
     y = LayerNorm(self.dtype, name="ln_2")(x)
     y = MLP(int(self.width * self.mlp_ratio), self.quick_gelu, self.dtype, fc_std, proj_std,
             name="mlp")(y)
@@ -128,13 +145,15 @@ class Transformer(nn.Module):
   quick_gelu: bool = False
   remat: bool = False
   dtype: Dtype = jnp.float32
+  attention: str = "einsum"  # layers.attention's implementation
+  causal: bool = False       # `mask` is causal (the text tower)
 
   @nn.compact
   def __call__(self, x, mask=None):
     block = nn.remat(ResidualAttentionBlock) if self.remat else ResidualAttentionBlock
     for i in range(self.layers):
       x = block(self.width, self.heads, self.layers, self.mlp_ratio, self.quick_gelu, self.dtype,
-                name=f"resblocks_{i}")(x, mask)
+                self.attention, self.causal, name=f"resblocks_{i}")(x, mask)
     return x
 
 

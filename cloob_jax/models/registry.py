@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from cloob_jax import errors
 
 from cloob_jax.models.convnet import ConvNet
+from cloob_jax.models.layers import ATTENTION
 from cloob_jax.models.resnet import ModifiedResNet
 from cloob_jax.models.text import TextTransformer
 from cloob_jax.models.two_tower import TwoTower
@@ -54,6 +55,9 @@ class ModelConfig:
   quick_gelu: bool = False
   init_logit_scale: float = math.log(1 / 0.07)
   dtype: str = "float32"  # compute dtype of activations; parameters stay float32
+  # The transformers' attention (models.layers.attention): 'einsum' (float32 logits, equal to
+  # open_clip), or jax.nn.dot_product_attention's 'xla' or 'cudnn' (bfloat16/float16 only).
+  attention: str = "einsum"
 
   @property
   def vision_kind(self) -> str:
@@ -134,6 +138,12 @@ def get_config(name: str, **overrides) -> ModelConfig:
   config = _replace(config, overrides, "")
   config = dataclasses.replace(config, vision=_replace(config.vision, dict(vision), "vision."),
                                text=_replace(config.text, dict(text), "text."))
+  if config.attention not in ATTENTION:
+    raise errors.UserError(f"unknown model override attention={config.attention!r}; known: "
+                           f"{ATTENTION}")
+  if config.attention == "cudnn" and config.dtype not in ("bfloat16", "float16"):
+    raise errors.UserError(f"attention='cudnn' needs dtype bfloat16 or float16, not "
+                           f"{config.dtype!r}")
   if config.vision_kind not in _VISION_KINDS:
     raise errors.UserError(f"unknown model override vision.kind={config.vision.kind!r}; known: "
                            f"{_VISION_KINDS}")
@@ -153,9 +163,11 @@ def build(config: ModelConfig) -> TwoTower:
                             v.remat, dtype)
   else:
     visual = VisionTransformer(config.embed_dim, v.image_size, v.patch_size, v.width, v.layers,
-                               v.head_width, v.mlp_ratio, config.quick_gelu, v.remat, dtype)
+                               v.head_width, v.mlp_ratio, config.quick_gelu, v.remat, dtype,
+                               config.attention)
   text = TextTransformer(config.embed_dim, t.context_length, t.vocab_size, t.width, t.heads,
-                         t.layers, t.mlp_ratio, config.quick_gelu, t.remat, dtype)
+                         t.layers, t.mlp_ratio, config.quick_gelu, t.remat, dtype,
+                         config.attention)
   return TwoTower(visual, text, config.init_logit_scale)
 
 

@@ -22,6 +22,7 @@ class TextTransformer(nn.Module):
   quick_gelu: bool = False
   remat: bool = False
   dtype: nnl.Dtype = jnp.float32
+  attention: str = "einsum"  # layers.attention's implementation
 
   @nn.compact
   def __call__(self, tokens):
@@ -35,7 +36,8 @@ class TextTransformer(nn.Module):
     x = (x + pos[:length]).astype(self.dtype)
     causal = jnp.tril(jnp.ones((length, length), dtype=bool))
     x = nnl.Transformer(self.width, self.layers, self.heads, self.mlp_ratio, self.quick_gelu,
-                           self.remat, self.dtype, name="transformer")(x, causal)
+                        self.remat, self.dtype, self.attention, causal=True,
+                        name="transformer")(x, causal)
     x = nnl.LayerNorm(self.dtype, name="ln_final")(x)
     eot = jnp.argmax(tokens, axis=-1)  # first occurrence of the highest id, as torch.argmax
     pooled = jnp.take_along_axis(x, eot[:, None, None], axis=1)[:, 0]

@@ -18,6 +18,7 @@ class VisionTransformer(nn.Module):
   quick_gelu: bool = False
   remat: bool = False
   dtype: nnl.Dtype = jnp.float32
+  attention: str = "einsum"  # layers.attention's implementation
 
   @nn.compact
   def __call__(self, images, train: bool = False):
@@ -37,8 +38,8 @@ class VisionTransformer(nn.Module):
     x = (x + pos).astype(self.dtype)
     x = nnl.LayerNorm(self.dtype, name="ln_pre")(x)
     x = nnl.Transformer(self.width, self.layers, self.width // self.head_width,
-                           self.mlp_ratio, self.quick_gelu, self.remat, self.dtype,
-                           name="transformer")(x)
+                        self.mlp_ratio, self.quick_gelu, self.remat, self.dtype,
+                        self.attention, name="transformer")(x)
     x = nnl.LayerNorm(self.dtype, name="ln_post")(x[:, 0])
     proj = self.param("proj", nn.initializers.normal(scale), (self.width, self.embed_dim),
                       jnp.float32)

