@@ -57,10 +57,11 @@ def load_model(config, *, workdir: str | None = None, checkpoint: str | None = N
     variables = open_clip.convert_state_dict(state_dict, name, **overrides)
     return models.create_model(name, **overrides), variables, f"{checkpoint} ({name})"
   from cloob_jax import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
-  train_config, read, variables = checkpoint_lib.read_variables(workdir, step=step)
+  # The newest intact step when none is named (a damaged latest one is skipped in one line).
+  train_config, variables = checkpoint_lib.restore_variables(workdir, step=step)
   module = models.create_model(train_config.model.name,
                                **config_lib.as_dict(train_config.model.get("overrides")))
-  where = f"{workdir} step {read}" + (" (latest)" if step is None else "")
+  where = f"{workdir}" + (f" step {step}" if step is not None else " (latest)")
   return module, variables, f"{where} ({train_config.model.name})"
 
 
