@@ -3,6 +3,7 @@ finite-difference gradients, 1 vs 8 devices, a toy objective registered from the
 the train step's learnt bias."""
 
 import math
+import os
 import sys
 
 import jax
@@ -17,6 +18,9 @@ from cloob_jax import optim
 from cloob_jax import parallel
 from cloob_jax.objectives import registry
 from cloob_jax.objectives import terms
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import losses_test  # noqa: E402  (the float64 retrieval reference)
 
 
 def pair(n, d=8, seed=0):
@@ -46,16 +50,7 @@ def ref_siglip(a, b, s, bias):
 
 
 def ref_retrieve(q, m, beta):
-  out = []
-  for qi in q:
-    scores = [beta * dot(qi, mj) for mj in m]
-    top = max(scores)
-    w = [math.exp(v - top) for v in scores]
-    r = [math.fsum(w[j] * m[j][k] for j in range(len(m))) / math.fsum(w)
-         for k in range(len(qi))]
-    norm = math.sqrt(math.fsum(v * v for v in r))  # CLOOB renormalises each retrieval
-    out.append([v / norm for v in r])
-  return np.asarray(out)
+  return np.asarray(losses_test.ref_retrieve(q, m, beta))  # renormalised, as CLOOB's
 
 
 def ref_hopfield_siglip(x, y, s, beta, bias):
