@@ -4,7 +4,7 @@
 
 The stored patterns M are the (global) batch of embeddings; retrieval replaces every
 query by a softmax-weighted average of the stored patterns similar to it, which is
-what lets CLOOB pick up feature co-occurrences (CLOOB.md). Gradients flow through
+what lets CLOOB pick up feature co-occurrences (docs/method.md). Gradients flow through
 both the queries and the stored patterns.
 """
 

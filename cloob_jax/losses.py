@@ -1,4 +1,4 @@
-"""Contrastive objectives of the CLOOB paper, all on one page (formulas: docs/CLOOB.md).
+"""Contrastive objectives of the CLOOB paper, all on one page (formulas: docs/method.md).
 
 X, Y are [N, d] L2-normalised image / text embeddings, rows paired by index, s = 1/tau:
 

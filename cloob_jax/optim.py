@@ -84,7 +84,7 @@ def clip_threshold(config: ml_collections.ConfigDict, method: str, inv_tau: floa
   """The global-norm clipping threshold of `config.optimizer` in `method`'s loss units.
 
   With `clip_in_logit_units`, `clip_grad_norm` is one threshold for every method: InfoLOOB and
-  CLOOB divide their loss by s = inv_tau (CLOOB.md), so their gradients are s times smaller
+  CLOOB divide their loss by s = inv_tau (docs/method.md), so their gradients are s times smaller
   and their threshold is `clip_grad_norm / inv_tau`. Otherwise `clip_grad_norm` is used as it
   is. 0 means no clipping. (A learnt s moves during training: `gradient_clipping` then divides
   by the current s at every step.)

@@ -76,7 +76,7 @@ def get_config(arg=None):
       warmup_steps=max(1, min(100, arg.steps // 10)),
       schedule="cosine", restarts=0, clip_grad_norm=1.0, clip_in_logit_units=True))
   # One clipping threshold for every method, in logit units: InfoLOOB and CLOOB divide their
-  # loss by s = 1/tau (CLOOB.md), so their gradients are s times smaller and training clips
+  # loss by s = 1/tau (docs/method.md), so their gradients are s times smaller and training clips
   # them at clip_grad_norm / s (`optim.clip_threshold`, from the final config, so
   # --config.method and --config.inv_tau overrides keep it right). Without this CLIP's large
   # early gradients are clipped and InfoLOOB's are not, and Adam's second moment then holds

@@ -1,4 +1,4 @@
-"""CLOOB on YFCC-15M (the CLIP subset), the paper's setup (CLOOB.md).
+"""CLOOB on YFCC-15M (the CLIP subset), the paper's setup (docs/method.md).
 
   python -m cloob_jax.main --config=configs/yfcc.py:model=RN50,data_dir=/data/yfcc15m \
       --workdir=gs://bucket/yfcc_rn50

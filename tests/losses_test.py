@@ -1,4 +1,4 @@
-"""Tests for cloob_jax.losses against plain float64 numpy references (CLOOB.md formulas)."""
+"""Tests for cloob_jax.losses against plain float64 numpy references (docs/method.md formulas)."""
 
 import math
 
