@@ -12,6 +12,7 @@ from cloob_jax.data import pipeline
 from cloob_jax.data import records
 from cloob_jax.data import synthetic
 from cloob_jax.data import transforms
+from cloob_jax.data.synthetic import families
 
 S = 8    # output image size
 L = 12   # context length
@@ -162,11 +163,17 @@ def test_process_sharding():
 
 
 class FamilySource(ListSource):
-  """ListSource whose records come in families of `family_size` consecutive indices."""
+  """ListSource whose records come in families of `family_size` consecutive indices.
+
+  Its `train_shuffle` hook orders them as the synthetic world orders its families.
+  """
 
   def __init__(self, n, family_size):
     super().__init__(n)
     self.family_size = family_size
+
+  def train_shuffle(self, ds, **layout):
+    return families.shuffle_families(ds, self.family_size, **layout)
 
 
 def test_families_stay_whole_in_every_batch_and_process():
@@ -328,40 +335,3 @@ def test_multiprocess_workers():
   finally:
     it.close()
     it2.close()
-
-
-# ---------------------------------------------------------------------------
-# Eval pipeline.
-
-
-def test_eval_dataset_pads_and_masks():
-  src = ListSource(11, {3: "corrupt"})
-  seen, skipped = [], 0
-  for p in range(2):
-    batches = list(pipeline.create_eval_dataset(
-        src, global_batch_size=8, image_size=S, context_length=L,
-        process_index=p, process_count=2, read_threads=2))
-    assert len(batches) == 2  # ceil(ceil(11 / 2) / 4) on both processes
-    for b in batches:
-      assert b["image"].shape == (4, S, S, 3) and b["mask"].dtype == bool
-      valid = b["mask"]
-      assert ids({"image": b["image"][valid]}) == b["index"][valid].tolist()
-      seen += b["index"][valid].tolist()
-      skipped += pipeline.skip_counts(b).get("corrupt", 0)
-  assert sorted(seen) == [i for i in range(11) if i != 3]
-  assert skipped == 1
-  b = list(pipeline.create_eval_dataset(src, global_batch_size=8, image_size=S,
-                                        context_length=L, process_index=0,
-                                        process_count=1))[0]
-  assert b["index"].tolist() == list(range(8))  # in order
-
-
-def test_eval_dataset_synthetic_labels():
-  world = synthetic.SyntheticWorld(split="train", seed=0, image_size=16, num_examples=5)
-  (b,) = list(pipeline.create_eval_dataset(world, global_batch_size=8, image_size=16,
-                                           context_length=L, process_index=0,
-                                           process_count=1))
-  assert b["mask"].tolist() == [True] * 5 + [False] * 3
-  assert b["colour"].shape == (8,)
-  assert b["colour"][:5].tolist() == [int(world[i]["colour"]) for i in range(5)]
-  np.testing.assert_array_equal(b["image"][2], world[2]["image"])

@@ -122,6 +122,26 @@ def test_families_are_minimal_pairs():
     S.SyntheticWorld("train", family_size=0)
 
 
+def test_train_shuffle_keeps_families_whole():
+  ds = grain.MapDataset.range(24).seed(7)
+  plain = S.SyntheticWorld("train", num_examples=24).train_shuffle(
+      ds, seed=7, global_batch_size=4, num_workers=2)
+  assert [plain[i] for i in range(48)] == [ds.shuffle().repeat()[i] for i in range(48)]
+  world = S.SyntheticWorld("train", num_examples=24, family_size=4)
+  order = world.train_shuffle(ds, seed=7, global_batch_size=8, num_workers=0)
+  epochs = [[order[i] for i in range(24 * e, 24 * (e + 1))] for e in range(2)]
+  for epoch in epochs:
+    assert sorted(epoch) == list(range(24))
+    for start in range(0, 24, 4):
+      first = epoch[start]
+      assert first % 4 == 0 and epoch[start:start + 4] == list(range(first, first + 4))
+  assert epochs[0] != epochs[1]
+  with pytest.raises(ValueError, match="not divisible by the source's family_size 4"):
+    world.train_shuffle(ds, seed=7, global_batch_size=6, num_workers=0)
+  with pytest.raises(ValueError, match="family_size 4 needs num_workers=0"):
+    world.train_shuffle(ds, seed=7, global_batch_size=8, num_workers=1)
+
+
 def _check_caption(caption, scene):
   """Asserts that every colour, shape, count and position claim of a caption is true."""
   objs = scene.objects

@@ -1,10 +1,10 @@
-"""grain input pipelines: a seeded global shuffle, sharded per process, decoded,
+"""The grain training pipeline: a seeded global shuffle, sharded per process, decoded,
 augmented and tokenised in worker processes, batched as uint8 images + int32 tokens.
 
-Train (`create_train_dataset`), per process:
+`create_train_dataset`, per process:
 
-  source -> seed -> shuffle -> repeat (reshuffled each epoch; a source with a
-         `family_size` > 1 is shuffled in whole families, see _FamilyShuffle)
+  source -> seed -> shuffle -> repeat (reshuffled each epoch; or the source's own
+         order, see "A source's own order" below)
          -> preprocess (per-record RNG from (seed, global position))
          -> [process_index::process_count] -> read threads
          -> batch of `local_batch` good records, skipping bad ones
@@ -32,6 +32,17 @@ for JPEGs when installed, `decoder="pillow"` for Pillow throughout) or any
 random-access source of {'image': uint8 [H, W, 3], 'caption': str} (e.g.
 `synthetic.SyntheticWorld`: used as is when already S x S, else resized and
 centre-cropped; pass `augment_arrays=True` to augment them too).
+
+A source's own order: a source with a method
+
+  train_shuffle(ds, *, seed, global_batch_size, num_workers) -> grain.MapDataset
+
+is given `ds`, the seeded MapDataset of its records (unreadable ones already turned into
+bad markers), and returns the endless stream to train on, reshuffled every epoch and a
+pure function of `seed`; it raises ValueError for a batch layout that cannot keep its
+order. The pipeline then maps, slices per process and batches that stream as it would
+its own shuffle. Without the method: grain's global shuffle, repeated. (The synthetic
+world keeps its families of minimal pairs whole this way: `synthetic.families`.)
 """
 
 from __future__ import annotations
@@ -48,7 +59,6 @@ from cloob_jax.data import transforms
 NUM_REASONS = len(records.REASONS)
 MAX_CONSECUTIVE_BAD = 10_000  # then the pipeline raises instead of skipping
 _BAD = "_bad"  # key of the marker element that replaces a bad record
-_NON_LABEL_FIELDS = ("image", "image_bytes", "caption", "key")
 
 
 def skip_counts(batch: Mapping[str, Any]) -> dict[str, int]:
@@ -91,11 +101,10 @@ class _GuardedSource:
 
 
 class _Preprocess:
-  """record -> {'image': uint8 [S, S, 3], 'caption': str, labels...} or a bad marker."""
+  """record -> {'image': uint8 [S, S, 3], 'caption': str} or a bad marker."""
 
   def __init__(self, image_size: int, *, train: bool, scale, ratio, augment_arrays: bool,
-               jpeg_draft: bool, max_pixels: int, min_side: int,
-               keep_labels: Sequence[str] = (), decoder: str = "auto"):
+               jpeg_draft: bool, max_pixels: int, min_side: int, decoder: str = "auto"):
     self.image_size = image_size
     self.train = train
     self.scale, self.ratio = tuple(scale), tuple(ratio)
@@ -103,7 +112,6 @@ class _Preprocess:
     self.jpeg_draft = jpeg_draft
     self.decoder = decoder
     self.max_pixels, self.min_side = max_pixels, min_side
-    self.keep_labels = tuple(keep_labels)
 
   def __call__(self, record, rng: np.random.Generator | None) -> dict[str, Any]:
     if _BAD in record:
@@ -131,9 +139,7 @@ class _Preprocess:
           image = transforms.resize_center_crop(image, s)  # returns S x S arrays as is
     except records.BadRecord as e:
       return {_BAD: e.reason}
-    out = {"image": image, "caption": caption}
-    out.update((k, record[k]) for k in self.keep_labels)
-    return out
+    return {"image": image, "caption": caption}
 
 
 class _TrainPreprocess(grain.transforms.RandomMap):
@@ -214,37 +220,6 @@ class _SkipBadBatchIterDataset(grain.IterDataset):
     return f"SkipBadBatchIterDataset(batch_size={self._batch_size})"
 
 
-class _FamilyShuffle(grain.MapDataset):
-  """An endless shuffle that moves families of `family_size` consecutive records as units.
-
-  Family f is records [f * family_size, (f + 1) * family_size); families are reshuffled every
-  epoch and keep their members together and in order, so each global batch (a multiple of
-  family_size) holds whole families: the synthetic world's minimal pairs
-  (`SyntheticWorld(family_size=)`).
-  """
-
-  def __init__(self, parent: grain.MapDataset, family_size: int, seed: int):
-    super().__init__(parent)
-    self._size = family_size
-    self._families = (grain.MapDataset.range(len(parent) // family_size)
-                      .shuffle(seed=seed).repeat())
-    if not len(self._families):
-      raise ValueError(f"a source of {len(parent)} records has no whole family of "
-                       f"{family_size}")
-
-  def __len__(self) -> int:
-    return len(self._families)  # endless, as repeat()
-
-  def __str__(self) -> str:
-    return f"_FamilyShuffle(family_size={self._size})"
-
-  def __getitem__(self, index):
-    if isinstance(index, slice):
-      return self.slice(index)
-    family = self._families[index // self._size]
-    return self._parent[family * self._size + index % self._size]
-
-
 def create_train_dataset(
     source,
     *,
@@ -269,7 +244,8 @@ def create_train_dataset(
   """The infinite training stream of this process's batches.
 
   Args:
-    source: random-access source of {'image_bytes' | 'image', 'caption', ...}.
+    source: random-access source of {'image_bytes' | 'image', 'caption', ...}, optionally
+      with its own training order (`source.train_shuffle`, see the module docstring).
     global_batch_size: batch over all processes; each gets
       global_batch_size // process_count rows.
     image_size: S of the uint8 [S, S, 3] output images.
@@ -303,19 +279,13 @@ def create_train_dataset(
   preprocess = _Preprocess(image_size, train=True, scale=scale, ratio=ratio,
                            augment_arrays=augment_arrays, jpeg_draft=jpeg_draft,
                            max_pixels=max_pixels, min_side=min_side, decoder=decoder)
-  family_size = int(getattr(source, "family_size", 1))
-  if global_batch_size % family_size:
-    raise ValueError(f"global_batch_size {global_batch_size} is not divisible by the source's "
-                     f"family_size {family_size} ({source!r})")
-  if family_size > 1 and num_workers > 0:
-    raise ValueError(f"a source with family_size {family_size} needs num_workers=0, got "
-                     f"{num_workers}: grain workers each batch a strided slice of the stream, "
-                     "which would split the families")
   ds = grain.MapDataset.source(_GuardedSource(source)).seed(seed)
-  if family_size == 1:
+  train_shuffle = getattr(source, "train_shuffle", None)
+  if train_shuffle is None:
     ds = ds.shuffle().repeat()  # repeat reseeds the shuffle for every epoch
-  else:
-    ds = _FamilyShuffle(ds, family_size, seed)
+  else:  # the source's own order (see the module docstring)
+    ds = train_shuffle(ds, seed=seed, global_batch_size=global_batch_size,
+                       num_workers=num_workers)
   # Mapped before slicing, so a record's crop depends on its global position only (not on
   # process_count); the map runs lazily, for this slice only.
   ds = ds.random_map(_TrainPreprocess(preprocess))[process_index::process_count]
@@ -333,102 +303,3 @@ def create_train_dataset(
 def create_train_iterator(source, **kwargs) -> grain.DatasetIterator:
   """`iter(create_train_dataset(source, **kwargs))`: supports get_state/set_state."""
   return iter(create_train_dataset(source, **kwargs))
-
-
-class _EvalSlice:
-  """This process's strided slice of a source as (index, record), padded to
-  `length` with (-1, None) (not None: grain treats None as a filtered element)."""
-
-  def __init__(self, source, start: int, step: int, length: int):
-    self._source, self._start, self._step, self._length = source, start, step, length
-    self._n = len(range(start, len(source), step))
-
-  def __len__(self) -> int:
-    return self._length
-
-  def __getitem__(self, i):
-    i = int(i)
-    if i >= self._n:
-      return -1, None
-    index = self._start + i * self._step
-    try:
-      record = self._source[index]
-    except Exception as e:  # pylint: disable=broad-except
-      logging.warning("unreadable record %s: %s: %s", index, type(e).__name__, e)
-      record = {_BAD: "corrupt"}
-    return index, record
-
-
-class _EvalPreprocess(grain.transforms.Map):
-  """(index, record | None) -> element with 'mask', 'index' and 'skipped'."""
-
-  def __init__(self, preprocess: _Preprocess, pad: dict[str, np.ndarray]):
-    self._preprocess = preprocess
-    self._pad = pad  # an all-zero element with the shapes of a good one
-
-  def map(self, item):
-    skipped = np.zeros(NUM_REASONS, np.int32)
-    index, record = item
-    if record is None:
-      return dict(self._pad, index=np.int64(-1), mask=False, skipped=skipped)
-    out = self._preprocess(record, None)
-    if _BAD in out:
-      skipped[records.REASON_INDEX[out[_BAD]]] = 1
-      return dict(self._pad, index=np.int64(index), mask=False, skipped=skipped)
-    return dict(out, index=np.int64(index), mask=True, skipped=skipped)
-
-
-def create_eval_dataset(
-    source,
-    *,
-    global_batch_size: int,
-    image_size: int,
-    context_length: int = 77,
-    process_index: int | None = None,
-    process_count: int | None = None,
-    num_workers: int = 0,
-    read_threads: int = 4,
-    keep_labels: bool = True,
-    jpeg_draft: bool = True,
-    max_pixels: int = records.DEFAULT_MAX_PIXELS,
-    min_side: int = records.DEFAULT_MIN_SIDE,
-    decoder: str = "auto",
-) -> grain.IterDataset:
-  """One in-order pass over `source`, every record once, in padded batches.
-
-  Process p takes records p, p + process_count, ...; every process yields the
-  same number of batches (ceil(ceil(n / process_count) / b)), padded at the end.
-  Images get the eval transform (bicubic short-side resize, centre crop).
-
-  Returns:
-    an IterDataset of {'image': uint8 [b, S, S, 3], 'tokens': int32 [b, L],
-    'mask': bool [b] (False for padding and bad records), 'index': int64 [b]
-    (position in `source`, -1 for padding), 'skipped': int32 [b, R], and, with
-    `keep_labels`, the source's other (numeric) fields, e.g. the synthetic
-    world's labels}.
-  """
-  process_index, process_count = _default_processes(process_index, process_count)
-  if global_batch_size % process_count:
-    raise ValueError(f"global_batch_size {global_batch_size} is not divisible by "
-                     f"process_count {process_count}")
-  n = len(source)
-  local_batch = global_batch_size // process_count
-  per_process = -(-n // process_count)
-  num_batches = -(-per_process // local_batch)
-  preprocess = _Preprocess(image_size, train=False, scale=(1, 1), ratio=(1, 1),
-                           augment_arrays=False, jpeg_draft=jpeg_draft,
-                           max_pixels=max_pixels, min_side=min_side, decoder=decoder)
-  pad = {"image": np.zeros((image_size, image_size, 3), np.uint8), "caption": "pad"}
-  if keep_labels and n:
-    first = source[0]  # label shapes for padding elements
-    pad.update((k, np.zeros_like(np.asarray(v))) for k, v in first.items()
-               if k not in _NON_LABEL_FIELDS and np.asarray(v).dtype.kind in "biuf")
-    preprocess.keep_labels = tuple(k for k in pad if k not in ("image", "caption"))
-  ds = grain.MapDataset.source(
-      _EvalSlice(source, process_index, process_count, num_batches * local_batch))
-  ds = ds.map(_EvalPreprocess(preprocess, pad))
-  ds = ds.batch(local_batch, batch_fn=_Collate(context_length))
-  ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads))
-  if num_workers > 0:
-    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
-  return ds
