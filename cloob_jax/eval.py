@@ -30,9 +30,10 @@ from cloob_jax import errors
 from cloob_jax import evaluators
 from cloob_jax import models
 from cloob_jax import paths
+from cloob_jax.experiments import report
 
-# Metrics shown as percentages in the markdown table (the JSON keeps fractions).
-_FRACTION_PREFIXES = ("top", "mean_per_class", "image_to_text", "text_to_image", "val_top")
+# The results table (eval.markdown before the reporter moved to experiments/report.py).
+markdown = report.results_markdown
 
 
 def load_model(config, *, workdir: str | None = None, checkpoint: str | None = None,
@@ -94,46 +95,6 @@ def evaluate(config, module, variables, *, mesh=None):
   return results, skipped, built
 
 
-def _format(metric: str, value: float) -> str:
-  if metric.startswith(_FRACTION_PREFIXES):
-    return f"{100 * value:.2f}"
-  if float(value).is_integer():
-    return str(int(value))
-  return f"{value:.4g}"
-
-
-def markdown(results: dict[str, dict[str, float]], skipped: dict[str, str] | None = None,
-             title: str | None = None) -> str:
-  """Tables of results, tasks as rows; accuracies in %.
-
-  Tasks share a table when one's metric names include the other's (zero-shot tasks with and
-  without top-5), the missing cells left blank; other tasks get tables of their own.
-  """
-  lines = [f"## {title}", ""] if title else []
-  groups: list[tuple[list[str], list[str]]] = []  # (columns, tasks)
-  for task, values in results.items():
-    for columns, tasks in groups:
-      if set(values) <= set(columns) or set(columns) <= set(values):
-        columns.extend(c for c in values if c not in columns)
-        tasks.append(task)
-        break
-    else:
-      groups.append((list(values), [task]))
-  for columns, tasks in groups:
-    lines.append("| task | " + " | ".join(columns) + " |")
-    lines.append("|---|" + "---:|" * len(columns))
-    for task in tasks:
-      cells = [_format(c, results[task][c]) if c in results[task] else "" for c in columns]
-      lines.append(f"| {task} | " + " | ".join(cells) + " |")
-    lines.append("")
-  if any(c.startswith(_FRACTION_PREFIXES) for columns, _ in groups for c in columns):
-    lines.append("Accuracies and recalls in %.")
-    lines.append("")
-  for task, reason in (skipped or {}).items():
-    lines.append(f"- skipped {task}: {reason}")
-  return "\n".join(lines).rstrip() + "\n"
-
-
 def default_output(config, workdir: str | None, step: int | None) -> str:
   name = config.get("name", "eval")
   if workdir:
@@ -156,7 +117,8 @@ def run(config, *, workdir: str | None = None, checkpoint: str | None = None,
   module, variables, description = load_model(config, workdir=workdir, checkpoint=checkpoint,
                                               step=step, allow_torchscript=allow_torchscript)
   results, skipped, built = evaluate(config, module, variables, mesh=mesh)
-  table = markdown(results, skipped, title=f"{config.get('name', 'eval')}: {description}")
+  table = report.results_markdown(results, skipped,
+                                  title=f"{config.get('name', 'eval')}: {description}")
   output = output or default_output(config, workdir, step)
   if jax.process_index() == 0:
     paths.write_text(output, json.dumps(results, indent=1) + "\n")

@@ -248,8 +248,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         results = _run_evals(evaluators, state, step, config, writer,
                              final=step == config.total_steps)
       if results and step == config.total_steps and writer.active:
-        from cloob_jax import eval as eval_lib
-        print("\n" + eval_lib.markdown(results, title=f"Evaluation at step {step}"), flush=True)
+        from cloob_jax.experiments import report
+        print("\n" + report.results_markdown(results, title=f"Evaluation at step {step}"),
+              flush=True)
       with peerwatch.exempt():
         ckpt.save(step, state, data, force=step == config.total_steps)
       if stop_agreed and step < config.total_steps:
