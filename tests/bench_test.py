@@ -42,3 +42,11 @@ def test_peak_table_knows_the_chips_and_not_cpus():
   assert bench_train.peak_flops("TPU v5p") == 459e12
   assert bench_train.peak_flops("TPU v4") == 275e12
   assert bench_train.peak_flops("cpu") is None
+
+
+def test_tokenizer_bench_prints_rates(capsys):
+  from cloob_jax.bench import tokenizer as bench_tokenizer  # pylint: disable=g-import-not-at-top
+  bench_tokenizer.run(["--captions=300", "--repeats=1"])
+  out = capsys.readouterr().out
+  for name in ("cloob_jax_cold", "cloob_jax_warm", "open_clip_cold", "open_clip_warm"):
+    assert f"{name}: " in out and "captions/s" in out, out

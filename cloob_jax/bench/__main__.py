@@ -3,7 +3,7 @@
 import importlib
 import sys
 
-SUBCOMMANDS = ("data", "train")
+SUBCOMMANDS = ("data", "tokenizer", "train")
 
 
 def main():

@@ -60,7 +60,8 @@ def natural_image(rng: np.random.Generator, width: int, height: int) -> Image.Im
 def write_shards(directory: str, num_images: int, num_unique: int, seed: int = 0,
                  widths: tuple[int, int] = (500, 800)):
   """Writes `num_images` records (cycling `num_unique` 4:3 JPEGs) in 4 shards; returns sizes."""
-  from cloob_jax.data import records, tokenizer  # pylint: disable=g-import-not-at-top
+  from cloob_jax.bench import tokenizer as bench_tokenizer  # pylint: disable=g-import-not-at-top
+  from cloob_jax.data import records  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(seed)
   jpegs = []
   for _ in range(num_unique):
@@ -69,7 +70,7 @@ def write_shards(directory: str, num_images: int, num_unique: int, seed: int = 0
     buf = io.BytesIO()
     natural_image(rng, w, h).save(buf, "JPEG", quality=90)
     jpegs.append((buf.getvalue(), (w, h)))
-  captions = tokenizer.synthetic_alt_text(num_images, seed=seed)
+  captions = bench_tokenizer.synthetic_alt_text(num_images, seed=seed)
   shards, per_shard = [], -(-num_images // 4)
   for s in range(4):
     name = f"shard-{s:05d}{records.SHARD_SUFFIX}"
