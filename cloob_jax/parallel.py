@@ -6,7 +6,9 @@ embeddings (not the images) and each device scores only its own anchor rows agai
 global candidates: memory per device is O(local_batch x global_batch), never
 O(global_batch^2). The formulas themselves live once, in losses.py (`get_row_sum`).
 
-Nothing outside this module needs to know how many devices exist.
+Outside this module the device count appears only through the mesh: the train step checks
+that the global batch splits over it (`local_batch_size`) and the benches report it; no
+formula depends on it.
 """
 
 import math

@@ -144,9 +144,11 @@ def create_train_setup(config: ml_collections.ConfigDict, mesh=None) -> TrainSet
   model_config = models.get_config(config.model.name, **config.model.overrides.to_dict())
   model = models.build(model_config)
   mesh = mesh if mesh is not None else parallel.make_mesh()
-  if config.batch_size % mesh.size:
+  try:
+    parallel.local_batch_size(config.batch_size, mesh)
+  except ValueError:
     raise errors.UserError(f"config.batch_size={config.batch_size} is not divisible by the "
-                     f"{mesh.size} devices")
+                           f"{mesh.size} devices") from None
   batch_sharding = parallel.batch_sharding(mesh)
   tx, schedule = optim.create_optimizer(
       config.optimizer, config.total_steps, optim.gradient_clipping(config))
