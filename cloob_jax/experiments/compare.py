@@ -185,13 +185,18 @@ def write_reports(config, config_spec: str, methods: list[str], seeds: int, work
   return summary
 
 
-def main(argv):
+def start(argv, module: str) -> str:
+  """A driver binary's start: refuses stray arguments, quiets orbax/grain's INFO logs unless
+  --verbosity is given, and returns the command line that re-runs it."""
   if len(argv) > 1:
     raise errors.UserError(f"unexpected arguments: {argv[1:]}")
   if not flags.FLAGS["verbosity"].present:  # orbax and grain log every save at INFO
     logging.set_verbosity(logging.WARNING)
-  command = "python -m cloob_jax.experiments.compare " + " ".join(
-      shlex.quote(a) for a in sys.argv[1:])
+  return f"python -m {module} " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+def main(argv):
+  command = start(argv, "cloob_jax.experiments.compare")
   compare(_CONFIG.value, _METHODS.value, _SEEDS.value, _WORKDIR.value, command=command,
           overrides=parse_overrides())
 

@@ -28,14 +28,10 @@ same command continues a stopped sweep. The end writes DIR/report.{md,json,png}
 from __future__ import annotations
 
 import dataclasses
-import json
-import shlex
-import sys
 import zlib
 from typing import Any, Callable, Sequence
 
 from absl import flags
-from absl import logging
 import numpy as np
 
 from cloob_jax import cli
@@ -275,16 +271,11 @@ def _stopped() -> None:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise errors.UserError(f"unexpected arguments: {argv[1:]}")
-  if not flags.FLAGS["verbosity"].present:  # orbax and grain log every save at INFO
-    logging.set_verbosity(logging.WARNING)
+  command = compare.start(argv, "cloob_jax.experiments.sweep")
   try:
     budgets = [float(b) for b in _BUDGETS.value]
   except ValueError as e:
     raise errors.UserError(f"--budgets={','.join(_BUDGETS.value)}: {e}") from None
-  command = "python -m cloob_jax.experiments.sweep " + " ".join(
-      shlex.quote(a) for a in sys.argv[1:])
   f = flags.FLAGS
   sweep(f.config, f.methods, _TRIALS.value, f.seeds, budgets, f.workdir,
         tuning_steps=_TUNING_STEPS.value, command=command, overrides=compare.parse_overrides())
