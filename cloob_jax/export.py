@@ -71,10 +71,10 @@ def check_fits(name: str, config, fmt: str) -> None:
   """Raises ExportError when `fmt` cannot hold the model `config` (registry name `name`)."""
   if fmt not in FORMATS:
     raise ExportError(f"unknown --format={fmt!r}; known: {', '.join(FORMATS)}")
-  kind = config.vision_kind
+  kind = config.vision.kind
   if fmt == "params":
     return
-  if kind not in ("vit", "resnet"):
+  if config.vision.open_clip_cfg() is None or config.text.open_clip_cfg() is None:
     raise ExportError(f"--format={fmt}: {name} ({kind} image tower) is not a CLIP tower; it "
                       "exports to --format=params only")
   if fmt == "hf":
@@ -87,19 +87,19 @@ def check_fits(name: str, config, fmt: str) -> None:
                         f"{config.text.vocab_size}, not CLIP's 49408 BPE tokens that the "
                         "exported tokenizer holds; use --format=open_clip or params")
   if fmt == "openai":
-    v, t = config.vision, config.text
+    v, t = config.vision.open_clip_cfg(), config.text
     problems = []
-    if v.head_width != 64:
-      problems.append(f"image heads {v.head_width} wide")
+    if v["head_width"] != 64:
+      problems.append(f"image heads {v['head_width']} wide")
     if t.width != 64 * t.heads:
       problems.append(f"text heads {t.width / t.heads:g} wide")
-    if kind == "vit" and v.mlp_ratio != 4:
-      problems.append(f"image MLP ratio {v.mlp_ratio:g}")
+    if v.get("mlp_ratio", 4) != 4:
+      problems.append(f"image MLP ratio {v['mlp_ratio']:g}")
     if t.mlp_ratio != 4:
       problems.append(f"text MLP ratio {t.mlp_ratio:g}")
-    step = v.patch_size if kind == "vit" else 32
-    if v.image_size % step:
-      problems.append(f"image size {v.image_size} not a multiple of {step}")
+    step = v["patch_size"] or 32  # a ModifiedResNet (no patches) downsamples 32 times
+    if v["image_size"] % step:
+      problems.append(f"image size {v['image_size']} not a multiple of {step}")
     if problems:
       raise ExportError(f"--format=openai: its loaders infer the architecture from the key "
                         f"shapes (64-wide heads, MLP ratio 4, image size = grid x patch), and "
@@ -110,18 +110,10 @@ def check_fits(name: str, config, fmt: str) -> None:
 
 
 def open_clip_model_cfg(config) -> dict[str, Any]:
-  """open_clip's model config (its `model_configs/*.json` schema) for a CLIP ModelConfig."""
-  v, t = config.vision, config.text
-  if config.is_resnet:
-    vision = {"image_size": v.image_size, "layers": list(v.layers), "width": v.width,
-              "patch_size": None, "head_width": v.head_width}
-  else:
-    vision = {"image_size": v.image_size, "layers": v.layers, "width": v.width,
-              "patch_size": v.patch_size, "head_width": v.head_width, "mlp_ratio": v.mlp_ratio}
-  text = {"context_length": t.context_length, "vocab_size": t.vocab_size, "width": t.width,
-          "heads": t.heads, "layers": t.layers, "mlp_ratio": t.mlp_ratio}
-  return {"embed_dim": config.embed_dim, "vision_cfg": vision, "text_cfg": text,
-          "quick_gelu": bool(config.quick_gelu)}
+  """open_clip's model config (its `model_configs/*.json` schema) for a CLIP ModelConfig: each
+  tower's own `open_clip_cfg()`."""
+  return {"embed_dim": config.embed_dim, "vision_cfg": config.vision.open_clip_cfg(),
+          "text_cfg": config.text.open_clip_cfg(), "quick_gelu": bool(config.quick_gelu)}
 
 
 def preprocess_cfg(config) -> dict[str, Any]:
@@ -170,7 +162,7 @@ def metadata(name: str, overrides: dict, config, variables, *, fmt: str, source:
       "format": fmt,
       "model": name,
       "model_overrides": _jsonable(overrides),
-      "model_config": _jsonable(dataclasses.asdict(config)),
+      "model_config": _jsonable(config.as_dict()),
       "quick_gelu": bool(config.quick_gelu),
       "method": get("method"),
       "logit_scale": log_inv_tau,
@@ -306,7 +298,7 @@ def export(variables, name: str, config, fmt: str, output: str, info: dict, *,
     np.savez(buffer, **arrays)
     _write_files({output: buffer.getvalue(), _side_json(output): _json_bytes(info)}, overwrite)
     return outputs(fmt, output)
-  state_dict = keymap.to_state_dict(variables)
+  state_dict = keymap.to_state_dict(variables, config)
   if fmt == "openai":
     try:
       import torch  # pylint: disable=g-import-not-at-top

@@ -47,7 +47,8 @@ def _reference(name):
   config = models.get_config(name)
   v, t = config.vision, config.text
   vision_cfg = dict(image_size=v.image_size, layers=v.layers, width=v.width,
-                    patch_size=v.patch_size, head_width=v.head_width, mlp_ratio=v.mlp_ratio)
+                    patch_size=getattr(v, "patch_size", None), head_width=v.head_width,
+                    mlp_ratio=getattr(v, "mlp_ratio", 4.0))  # a ModifiedResNet has neither
   text_cfg = dict(context_length=t.context_length, vocab_size=t.vocab_size, width=t.width,
                   heads=t.heads, layers=t.layers, mlp_ratio=t.mlp_ratio)
   model = open_clip.CLIP(config.embed_dim, vision_cfg, text_cfg, quick_gelu=True)
@@ -166,8 +167,8 @@ def test_architecture_from_openai_style_names():
     c = models.get_config(name)
     v, t = c.vision, c.text
     return dict(embed_dim=c.embed_dim, image_resolution=v.image_size,
-                vision_layers=list(v.layers) if c.is_resnet else v.layers,
-                vision_width=v.width, vision_patch_size=v.patch_size,
+                vision_layers=list(v.layers) if c.vision.kind == "resnet" else v.layers,
+                vision_width=v.width, vision_patch_size=getattr(v, "patch_size", None),
                 context_length=t.context_length, vocab_size=t.vocab_size,
                 transformer_width=t.width, transformer_heads=t.heads,
                 transformer_layers=t.layers)

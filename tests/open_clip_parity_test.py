@@ -21,7 +21,8 @@ def _reference(name: str):
     return open_clip.create_model(name.replace("/", "-"), pretrained=None)
   v, t = config.vision, config.text
   vision_cfg = dict(image_size=v.image_size, layers=v.layers, width=v.width,
-                    patch_size=v.patch_size, head_width=v.head_width, mlp_ratio=v.mlp_ratio)
+                    patch_size=getattr(v, "patch_size", None), head_width=v.head_width,
+                    mlp_ratio=getattr(v, "mlp_ratio", 4.0))  # a ModifiedResNet has neither
   text_cfg = dict(context_length=t.context_length, vocab_size=t.vocab_size, width=t.width,
                   heads=t.heads, layers=t.layers, mlp_ratio=t.mlp_ratio)
   return open_clip.CLIP(config.embed_dim, vision_cfg, text_cfg, quick_gelu=config.quick_gelu)

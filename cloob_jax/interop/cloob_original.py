@@ -90,15 +90,16 @@ def normalise(state_dict: Mapping[str, Any]) -> dict[str, Any]:
 
 def _openai_record(config) -> dict[str, Any] | None:
   """A registry ModelConfig as OpenAI's constructor arguments, or None when those arguments
-  cannot describe it (their code derives the image heads as 64 wide and the MLP ratio as 4)."""
-  v, t = config.vision, config.text
-  if config.vision_kind not in ("vit", "resnet") or v.head_width != 64 or t.mlp_ratio != 4:
+  cannot describe it (their code builds a ViT or a ModifiedResNet, with 64-wide image heads
+  and MLP ratio 4)."""
+  if config.vision.kind not in ("vit", "resnet") or config.text.kind != "transformer":
     return None
-  if config.vision_kind == "vit" and v.mlp_ratio != 4:
+  v, t = config.vision.open_clip_cfg(), config.text
+  if v["head_width"] != 64 or v.get("mlp_ratio", 4) != 4 or t.mlp_ratio != 4:
     return None
-  return {"embed_dim": config.embed_dim, "image_resolution": v.image_size,
-          "vision_layers": list(v.layers) if config.is_resnet else v.layers,
-          "vision_width": v.width, "vision_patch_size": None if config.is_resnet else v.patch_size,
+  return {"embed_dim": config.embed_dim, "image_resolution": v["image_size"],
+          "vision_layers": v["layers"], "vision_width": v["width"],
+          "vision_patch_size": v["patch_size"],
           "context_length": t.context_length, "vocab_size": t.vocab_size,
           "transformer_width": t.width, "transformer_heads": t.heads,
           "transformer_layers": t.layers}

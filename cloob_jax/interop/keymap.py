@@ -3,10 +3,15 @@
 open_clip's `CLIP.state_dict()` and OpenAI's released state dicts share one layout: the text
 tower's modules at the top level (`token_embedding.weight`, `transformer.resblocks.N...`,
 `ln_final`, `text_projection`), the image tower under `visual.`, `logit_scale` beside them.
-A linen variable maps to its torch key and array layout by two declarations:
+A linen variable maps to its torch key and array layout by three declarations:
 
-- `torch_key(path, collection)`: the key of one leaf (`('text', 'transformer', 'resblocks_0',
-  'attn', 'in_proj', 'kernel')` in 'params' -> `'transformer.resblocks.0.attn.in_proj_weight'`);
+- each tower's `torch_names` (`models.towers.TorchNames`, declared by its config record next
+  to its module): its module lists (`resblocks_0` -> `resblocks.0`), renamed modules
+  (ModifiedResNet's `downsample_conv` -> `downsample.0`) and fused projections
+  (`attn/in_proj` -> `attn.in_proj_weight`);
+- `torch_key(path, collection, names)`: the key of one leaf by those names and torch's leaf
+  names (`('text', 'transformer', 'resblocks_0', 'attn', 'in_proj', 'kernel')` in 'params' ->
+  `'transformer.resblocks.0.attn.in_proj_weight'`);
 - `_PERMUTATIONS`: the axis order of the leaves whose layouts differ (Conv [out, in, kh, kw] ->
   [kh, kw, in, out], Linear [out, in] -> Dense [in, out]); `to_flax` applies one, `to_torch`
   its inverse.
@@ -14,19 +19,20 @@ A linen variable maps to its torch key and array layout by two declarations:
 `from_state_dict` (the import, behind `open_clip.convert_state_dict`) walks the linen
 variables a model expects and looks each up by its key; `to_state_dict` (the export) walks
 the variables it is given and writes each under the same key, so a round trip is the identity
-bit for bit. Other layouts (Hugging Face's, `interop/hf.py`) are renamings of this one.
+bit for bit. Both take the model's config for its towers' names; without one they use every
+registered kind's names together (the built-in kinds' names do not collide). Other layouts
+(Hugging Face's, `interop/hf.py`) are renamings of this one.
 """
 
+import functools
 import re
 from typing import Any, Iterator, Mapping
 
 import flax
 import numpy as np
 
-# Linen module names that torch spells differently (ModifiedResNet's downsample Sequential).
-_MODULE_NAMES = {"downsample_conv": "downsample.0", "downsample_bn": "downsample.1"}
-# Linen's `resblocks_3` / `layer2_1` are torch's ModuleList / Sequential entries `resblocks.3`.
-_INDEXED = re.compile(r"^(resblocks|layer\d)_(\d+)$")
+from cloob_jax.models import towers
+
 _PARAM_LEAVES = {"kernel": "weight", "scale": "weight", "embedding": "weight"}
 _STAT_LEAVES = {"mean": "running_mean", "var": "running_var"}
 
@@ -42,16 +48,47 @@ IGNORED = re.compile(r"(^|\.)(num_batches_tracked|attn_mask)$"
                      r"|^(input_resolution|context_length|vocab_size)$")  # OpenAI's .pt extras
 
 
-def torch_key(path: tuple[str, ...], collection: str) -> str:
-  """('text', 'transformer', 'resblocks_0', 'attn', 'in_proj', 'kernel'), 'params' -> torch key."""
+# The top-level linen names of TwoTower's towers.
+_TOWERS = {"visual": "vision", "text": "text"}
+
+
+def tower_names(config=None) -> dict[str, towers.TorchNames]:
+  """{'visual': ..., 'text': ...}: the torch names of the towers of `config` (a
+  models.ModelConfig), or, without one, of every registered kind of each tower together."""
+  if config is not None:
+    return {"visual": config.vision.torch_names, "text": config.text.torch_names}
+  out = {}
+  for linen_name, tower in _TOWERS.items():
+    names = towers.TorchNames()
+    for kind in towers.kinds(tower):
+      names = names.merged(towers.config_class(tower, kind).torch_names)
+    out[linen_name] = names
+  return out
+
+
+@functools.lru_cache(maxsize=None)
+def _lists(patterns: tuple[str, ...]) -> re.Pattern | None:
+  return re.compile(rf"^({'|'.join(patterns)})_(\d+)$") if patterns else None
+
+
+def torch_key(path: tuple[str, ...], collection: str,
+              names: Mapping[str, towers.TorchNames] | None = None) -> str:
+  """('text', 'transformer', 'resblocks_0', 'attn', 'in_proj', 'kernel'), 'params' -> torch key.
+
+  `names`: `tower_names(config)` of the model (default: every registered kind's).
+  """
+  names = tower_names() if names is None else names
   parts = list(path)
+  tower = names.get(parts[0], towers.TorchNames())
   if parts[0] == "text":  # open_clip's CLIP keeps the text tower's modules at the top level
     parts = parts[1:]
   leaf = parts.pop()
-  parts = [_INDEXED.sub(r"\1.\2", p) for p in parts]
-  parts = [_MODULE_NAMES.get(p, p) for p in parts]
-  if parts[-2:] == ["attn", "in_proj"]:  # torch's MultiheadAttention fuses q, k, v
-    return ".".join(parts[:-1] + ["in_proj_" + {"kernel": "weight", "bias": "bias"}[leaf]])
+  lists = _lists(tuple(tower.lists))
+  if lists is not None:
+    parts = [lists.sub(r"\1.\2", p) for p in parts]
+  parts = [tower.modules.get(p, p) for p in parts]
+  if parts and parts[-1] in tower.fused:  # torch's MultiheadAttention fuses q, k, v
+    return ".".join(parts[:-1] + [parts[-1] + "_" + {"kernel": "weight", "bias": "bias"}[leaf]])
   if collection == "batch_stats":
     leaf = _STAT_LEAVES[leaf]
   else:
@@ -81,11 +118,13 @@ def leaves(variables: Mapping[str, Any]) -> Iterator[tuple[str, tuple[str, ...],
       yield collection, path, leaf
 
 
-def to_state_dict(variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
-  """Linen variables {'params', 'batch_stats'} -> a flat torch-layout state dict (numpy)."""
+def to_state_dict(variables: Mapping[str, Any], config=None) -> dict[str, np.ndarray]:
+  """Linen variables {'params', 'batch_stats'} of the model `config` (a models.ModelConfig;
+  None: see `tower_names`) -> a flat torch-layout state dict (numpy)."""
+  names = tower_names(config)
   out = {}
   for collection, path, value in leaves(variables):
-    key = torch_key(path, collection)
+    key = torch_key(path, collection, names)
     if key in out:
       raise ValueError(f"two variables map to the torch key {key!r}")
     out[key] = to_torch(np.asarray(value), path[-1])
@@ -99,15 +138,17 @@ def as_numpy(value) -> np.ndarray:
 
 
 def from_state_dict(state_dict: Mapping[str, Any], abstract: Mapping[str, Any],
-                    model_name: str) -> dict:
-  """A torch-layout state dict -> linen variables shaped like `abstract` (ShapeDtypeStructs).
+                    model_name: str, config=None) -> dict:
+  """A torch-layout state dict -> linen variables shaped like `abstract` (ShapeDtypeStructs)
+  of the model `config` (a models.ModelConfig; None: see `tower_names`).
 
   Raises ValueError naming the first missing, unexpected or mis-shaped key.
   """
+  names = tower_names(config)
   used = set()
   flat = {}
   for collection, path, target in leaves(abstract):
-    key = torch_key(path, collection)
+    key = torch_key(path, collection, names)
     if key not in state_dict:
       raise ValueError(f"state_dict for {model_name!r} is missing key {key!r} "
                        f"(needed for {collection}/{'/'.join(path)}, shape {target.shape})")

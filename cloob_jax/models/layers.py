@@ -1,16 +1,24 @@
-"""Building blocks shared by the towers: float32 norms, attention, pre-LN transformer.
+"""Building blocks shared by the towers: float32 norms, attention, pre-LN transformer, conv-BN.
 
 Every module computes in `dtype` (float32 or bfloat16) and keeps its parameters in float32;
-LayerNorm and softmax always run in float32 and cast back (the usual mixed-precision recipe).
+LayerNorm, BatchNorm and softmax always run in float32 and cast back (the usual
+mixed-precision recipe).
 """
 
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from cloob_jax.models import towers
+
 Dtype = Any
+
+# The torch names `Transformer` adds to a tower's key map: `resblocks_3` is torch's ModuleList
+# entry `resblocks.3`, and the fused qkv projection `attn/in_proj` is nn.MultiheadAttention's
+# `attn.in_proj_weight` / `attn.in_proj_bias`.
+TRANSFORMER_TORCH_NAMES = towers.TorchNames(lists=("resblocks",), fused=("in_proj",))
 
 
 def quick_gelu(x):
@@ -155,6 +163,30 @@ class Transformer(nn.Module):
       x = block(self.width, self.heads, self.layers, self.mlp_ratio, self.quick_gelu, self.dtype,
                 self.attention, self.causal, name=f"resblocks_{i}")(x, mask)
     return x
+
+
+def batch_norm(x, train, dtype, name, zero_init=False):
+  """BatchNorm in float32 with PyTorch's defaults (eps 1e-5, momentum 0.1), cast to `dtype`.
+
+  Under jit on a batch-sharded global array the mean/var reduce over the global batch.
+  """
+  bn = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                    dtype=jnp.float32, param_dtype=jnp.float32,
+                    scale_init=nn.initializers.zeros if zero_init else nn.initializers.ones,
+                    name=name)
+  return bn(x.astype(jnp.float32)).astype(dtype)
+
+
+def conv_bn_relu_layers(x, layers: Sequence[tuple[int, int]], train, dtype):
+  """A 3x3 conv (no bias) -> BatchNorm -> ReLU per (features, stride) of `layers`, named
+  conv1/bn1, conv2/bn2, ... in the calling module (CLIP's stem; the ConvNet's stages)."""
+  for i, (features, stride) in enumerate(layers, start=1):
+    x = nn.Conv(features, (3, 3), strides=stride, padding=((1, 1), (1, 1)), use_bias=False,
+                dtype=dtype, param_dtype=jnp.float32,
+                kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
+                name=f"conv{i}")(x)
+    x = jax.nn.relu(batch_norm(x, train, dtype, f"bn{i}"))
+  return x
 
 
 def check_image_size(images, image_size: int) -> None:

@@ -1,5 +1,6 @@
 """CLIP's ModifiedResNet: 3-conv stem, anti-aliased (avg-pool) strides, attention pooling."""
 
+import dataclasses
 from typing import Sequence
 
 import flax.linen as nn
@@ -7,6 +8,34 @@ import jax
 import jax.numpy as jnp
 
 from cloob_jax.models import layers as nnl
+from cloob_jax.models import towers
+
+
+@towers.register_vision("resnet")
+@dataclasses.dataclass(frozen=True)
+class ModifiedResNetConfig(towers.TowerConfig):
+  """A ModifiedResNet image tower, in open_clip's vision_cfg terms (defaults: RN50's)."""
+  image_size: int = 224
+  layers: tuple[int, ...] = (3, 4, 6, 3)  # Bottleneck blocks per stage
+  width: int = 64  # the stem's width; stage i has width * 2**i planes
+  head_width: int = 64  # of the attention pool: heads = width * 32 // head_width
+  remat: bool = False  # rematerialise each block in the backward pass
+
+  # `layer2_1` is torch's Sequential entry `layer2.1`; a block's downsample Sequential.
+  torch_names = towers.TorchNames(lists=(r"layer\d",), modules={
+      "downsample_conv": "downsample.0", "downsample_bn": "downsample.1"})
+
+  def __post_init__(self):
+    object.__setattr__(self, "layers", tuple(self.layers))  # a list from a config file
+
+  def build(self, embed_dim, quick_gelu, dtype, attention) -> nn.Module:
+    del quick_gelu, attention  # no GELUs; the attention pool is one query (einsum)
+    return ModifiedResNet(embed_dim, self.image_size, self.layers, self.width,
+                          self.head_width, self.remat, dtype)
+
+  def open_clip_cfg(self):
+    return {"image_size": self.image_size, "layers": list(self.layers), "width": self.width,
+            "patch_size": None, "head_width": self.head_width}
 
 
 def _conv(features, kernel, dtype, name, std=None):
@@ -21,30 +50,6 @@ def _avg_pool(x, stride):
   return nn.avg_pool(x, (stride, stride), strides=(stride, stride), padding="VALID")
 
 
-def _batch_norm(x, train, dtype, name, zero_init=False):
-  """BatchNorm in float32 with PyTorch's defaults (eps 1e-5, momentum 0.1), cast to `dtype`.
-
-  Under jit on a batch-sharded global array the mean/var reduce over the global batch.
-  """
-  bn = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                    dtype=jnp.float32, param_dtype=jnp.float32,
-                    scale_init=nn.initializers.zeros if zero_init else nn.initializers.ones,
-                    name=name)
-  return bn(x.astype(jnp.float32)).astype(dtype)
-
-
-def conv_bn_relu_layers(x, layers: Sequence[tuple[int, int]], train, dtype):
-  """A 3x3 conv (no bias) -> BatchNorm -> ReLU per (features, stride) of `layers`, named
-  conv1/bn1, conv2/bn2, ... in the calling module (CLIP's stem; the ConvNet's stages)."""
-  for i, (features, stride) in enumerate(layers, start=1):
-    x = nn.Conv(features, (3, 3), strides=stride, padding=((1, 1), (1, 1)), use_bias=False,
-                dtype=dtype, param_dtype=jnp.float32,
-                kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
-                name=f"conv{i}")(x)
-    x = jax.nn.relu(_batch_norm(x, train, dtype, f"bn{i}"))
-  return x
-
-
 class Bottleneck(nn.Module):
   """1x1 -> 3x3 -> avg-pool(stride) -> 1x1 (x4), with an avg-pool + 1x1 conv downsample."""
   planes: int
@@ -54,19 +59,19 @@ class Bottleneck(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     out = _conv(self.planes, 1, self.dtype, "conv1")(x)
-    out = jax.nn.relu(_batch_norm(out, train, self.dtype, "bn1"))
+    out = jax.nn.relu(nnl.batch_norm(out, train, self.dtype, "bn1"))
     out = _conv(self.planes, 3, self.dtype, "conv2")(out)
-    out = jax.nn.relu(_batch_norm(out, train, self.dtype, "bn2"))
+    out = jax.nn.relu(nnl.batch_norm(out, train, self.dtype, "bn2"))
     if self.stride > 1:
       out = _avg_pool(out, self.stride)
     # bn3 starts at zero so each block starts as the identity (as open_clip initialises it).
     out = _conv(self.planes * 4, 1, self.dtype, "conv3")(out)
-    out = _batch_norm(out, train, self.dtype, "bn3", zero_init=True)
+    out = nnl.batch_norm(out, train, self.dtype, "bn3", zero_init=True)
     identity = x
     if self.stride > 1 or x.shape[-1] != self.planes * 4:
       identity = _avg_pool(x, self.stride) if self.stride > 1 else x
       identity = _conv(self.planes * 4, 1, self.dtype, "downsample_conv")(identity)
-      identity = _batch_norm(identity, train, self.dtype, "downsample_bn")
+      identity = nnl.batch_norm(identity, train, self.dtype, "downsample_bn")
     return jax.nn.relu(out + identity)
 
 
@@ -110,7 +115,7 @@ class ModifiedResNet(nn.Module):
     nnl.check_image_size(images, self.image_size)
     x = images.astype(self.dtype)
     stem = [(self.width // 2, 2), (self.width // 2, 1), (self.width, 1)]
-    x = conv_bn_relu_layers(x, stem, train, self.dtype)
+    x = nnl.conv_bn_relu_layers(x, stem, train, self.dtype)
     x = _avg_pool(x, 2)
     block = nn.remat(Bottleneck, static_argnums=(2,)) if self.remat else Bottleneck
     for stage, blocks in enumerate(self.layers):

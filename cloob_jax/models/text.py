@@ -1,9 +1,37 @@
 """CLIP's text tower: causal pre-LN transformer pooled at the end-of-text token."""
 
+import dataclasses
+
 import flax.linen as nn
 import jax.numpy as jnp
 
 from cloob_jax.models import layers as nnl
+from cloob_jax.models import towers
+
+
+@towers.register_text("transformer")
+@dataclasses.dataclass(frozen=True)
+class TextConfig(towers.TowerConfig):
+  """CLIP's text tower, in open_clip's text_cfg terms (defaults: the ViT-B models')."""
+  context_length: int = 77
+  vocab_size: int = 49408
+  width: int = 512
+  heads: int = 8
+  layers: int = 12
+  mlp_ratio: float = 4.0
+  remat: bool = False  # rematerialise each block in the backward pass
+
+  torch_names = nnl.TRANSFORMER_TORCH_NAMES
+
+  def build(self, embed_dim, quick_gelu, dtype, attention) -> nn.Module:
+    return TextTransformer(embed_dim, self.context_length, self.vocab_size, self.width,
+                           self.heads, self.layers, self.mlp_ratio, quick_gelu, self.remat,
+                           dtype, attention)
+
+  def open_clip_cfg(self):
+    return {"context_length": self.context_length, "vocab_size": self.vocab_size,
+            "width": self.width, "heads": self.heads, "layers": self.layers,
+            "mlp_ratio": self.mlp_ratio}
 
 
 class TextTransformer(nn.Module):

@@ -7,20 +7,27 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from cloob_jax.models import layers
+from cloob_jax.models import towers
+
+# open_clip's initial log(1/0.07): what a bare `init` holds. The train state replaces it with
+# the objective's declared initial value (`objectives.registry.LOG_INV_TAU`: config.inv_tau).
+_LOGIT_SCALE_INIT = math.log(1 / 0.07)
 
 
 class TwoTower(nn.Module):
   """CLIP/CLOOB model. Embeddings are L2-normalised float32 [batch, embed_dim].
 
-  `logit_scale` is the log of the inverse temperature (open_clip's name and convention);
-  whether it is trained or fixed is the optimizer's business, not the model's.
+  `logit_scale` is the log of the inverse temperature (open_clip's name and convention), a
+  param so that checkpoints and torch state dicts carry it. The model never decides its
+  value: `train.init_state` sets it from the objective's declaration, the train step passes
+  it through a stop_gradient unless `config.learn_inv_tau`, and clips it to the declared
+  range after each update.
   """
-  visual: nn.Module
-  text: nn.Module
-  init_logit_scale: float = math.log(1 / 0.07)
+  visual: towers.ImageTower
+  text: towers.TextTower
 
   def setup(self):
-    self.logit_scale = self.param("logit_scale", nn.initializers.constant(self.init_logit_scale),
+    self.logit_scale = self.param("logit_scale", nn.initializers.constant(_LOGIT_SCALE_INIT),
                                   (), jnp.float32)
 
   def encode_image(self, images, train: bool = False):
@@ -32,6 +39,10 @@ class TwoTower(nn.Module):
     return layers.l2_normalize(self.text(tokens))
 
   def __call__(self, images, tokens, train: bool = False) -> tuple[Any, Any, Any]:
-    """Returns (image_embeddings, text_embeddings, inverse_temperature = exp(logit_scale))."""
+    """Returns (image_embeddings, text_embeddings, exp(logit_scale)).
+
+    The third output is unclipped and the train step ignores it (it reads
+    params['logit_scale']); kept while callers still unpack three values.
+    """
     return (self.encode_image(images, train=train), self.encode_text(tokens),
             jnp.exp(self.logit_scale))

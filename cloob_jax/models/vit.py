@@ -1,9 +1,37 @@
 """CLIP's Vision Transformer: bias-free patch embedding, class token, LN before and after."""
 
+import dataclasses
+
 import flax.linen as nn
 import jax.numpy as jnp
 
 from cloob_jax.models import layers as nnl
+from cloob_jax.models import towers
+
+
+@towers.register_vision("vit")
+@dataclasses.dataclass(frozen=True)
+class ViTConfig(towers.TowerConfig):
+  """A ViT image tower, in open_clip's vision_cfg terms (defaults: ViT-B/32's)."""
+  image_size: int = 224
+  layers: int = 12  # depth: residual attention blocks
+  width: int = 768
+  patch_size: int = 32
+  head_width: int = 64  # heads = width // head_width
+  mlp_ratio: float = 4.0
+  remat: bool = False  # rematerialise each block in the backward pass
+
+  torch_names = nnl.TRANSFORMER_TORCH_NAMES
+
+  def build(self, embed_dim, quick_gelu, dtype, attention) -> nn.Module:
+    return VisionTransformer(embed_dim, self.image_size, self.patch_size, self.width,
+                             self.layers, self.head_width, self.mlp_ratio, quick_gelu,
+                             self.remat, dtype, attention)
+
+  def open_clip_cfg(self):
+    return {"image_size": self.image_size, "layers": self.layers, "width": self.width,
+            "patch_size": self.patch_size, "head_width": self.head_width,
+            "mlp_ratio": self.mlp_ratio}
 
 
 class VisionTransformer(nn.Module):
