@@ -207,6 +207,7 @@ class Embedder:
     self.mesh = mesh if mesh is not None else parallel.make_mesh()
     shards = parallel.axis_size(self.mesh, "data")
     self.batch_size = -(-int(batch_size) // shards) * shards
+    # The attributes every tower declares (models.towers.ImageTower, models.towers.TextTower).
     self.image_size = int(module.visual.image_size)
     self.context_length = int(module.text.context_length)
     self.embed_dim = int(module.text.embed_dim)
