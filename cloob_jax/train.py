@@ -33,7 +33,7 @@ from cloob_jax import preemption
 from cloob_jax import workdir as workdir_lib
 from cloob_jax.data import pipeline
 from cloob_jax.data import records
-from cloob_jax.data import transforms
+from cloob_jax.models import inputs
 
 STOP = "stop_requested"  # the train step's metric: 1 when any process was asked to stop
 
@@ -90,7 +90,7 @@ def train_step(state, batch, *, model, tx, schedule, loss_fn, config):
   An optional 'stop' int32 [B] (each process fills its rows with its own stop flag) comes back
   as metrics[STOP], its maximum over all processes, so that every process sees the same value.
   """
-  images = transforms.normalize(batch["image"])
+  images = inputs.normalize(batch["image"])
   objective = objectives.get(config.method)
 
   def compute_loss(params):

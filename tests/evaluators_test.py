@@ -10,12 +10,12 @@ import pytest
 from cloob_jax import evaluators
 from cloob_jax import models
 from cloob_jax.data import tokenizer
-from cloob_jax.data import transforms
 from cloob_jax.evaluators import common
 from cloob_jax.evaluators import embedding_analysis
 from cloob_jax.evaluators import linear_probe
 from cloob_jax.evaluators import metrics
 from cloob_jax.evaluators import sources
+from cloob_jax.models import inputs
 
 
 def _unit(v):
@@ -338,7 +338,7 @@ def test_embedder_pads_shards_and_matches_the_module(tiny):
   images = np.random.default_rng(0).integers(0, 256, (37, 32, 32, 3), dtype=np.uint8)
   got = embedder.embed_images(variables, images)
   apply = jax.jit(module.apply, static_argnames="method")  # faster than eager on this CPU
-  expected = apply(variables, transforms.normalize(images), method=module.encode_image)
+  expected = apply(variables, inputs.normalize(images), method=module.encode_image)
   assert got.shape == (37, 64) and got.dtype == np.float32
   np.testing.assert_allclose(got, expected, atol=1e-5)
   # Batches of any size give the same rows.

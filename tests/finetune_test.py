@@ -21,7 +21,6 @@ import pytest
 
 from cloob_jax import checkpoint
 from cloob_jax import config_lib
-from cloob_jax.data import transforms
 from cloob_jax.evaluators import common
 from cloob_jax.evaluators import zeroshot
 from cloob_jax.finetune import classifier
@@ -29,6 +28,7 @@ from cloob_jax.finetune import data as data_lib
 from cloob_jax.finetune import init_model
 from cloob_jax.finetune import trainer
 from cloob_jax.finetune import wise_ft
+from cloob_jax.models import inputs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = "configs/finetune/synthetic.py"
@@ -116,7 +116,7 @@ def test_step_0_classifier_makes_the_zero_shot_predictions(init_workdir):
   # The classifier as the train step runs it: the image tower, normalised, times the head.
   images, labels = splits.val.arrays(module.visual.image_size)
   forward = jax.jit(lambda v, h, x: classifier.logits(
-      module.apply(v, transforms.normalize(x), method=module.encode_image), h))
+      module.apply(v, inputs.normalize(x), method=module.encode_image), h))
   logits = np.asarray(forward(variables, head, images))
   np.testing.assert_array_equal(np.argmax(logits, axis=-1), expected_predictions)
   # And as the fine-tuning evals score it.

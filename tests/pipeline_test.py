@@ -13,6 +13,7 @@ from cloob_jax.data import records
 from cloob_jax.data import synthetic
 from cloob_jax.data import transforms
 from cloob_jax.data.synthetic import families
+from cloob_jax.models import inputs
 
 S = 8    # output image size
 L = 12   # context length
@@ -108,7 +109,7 @@ def test_resize_center_crop():
 def test_normalize():
   x = np.zeros((2, 1, 1, 3), np.uint8)
   x[1] = 255
-  y = np.asarray(transforms.normalize(x))
+  y = np.asarray(inputs.normalize(x))
   assert y.dtype == np.float32
   mean, std = np.array(transforms.CLIP_MEAN), np.array(transforms.CLIP_STD)
   np.testing.assert_allclose(y[0, 0, 0], -mean / std, rtol=1e-5)

@@ -29,7 +29,7 @@ from cloob_jax import optim
 from cloob_jax import parallel
 from cloob_jax import train
 from cloob_jax import workdir
-from cloob_jax.data import transforms
+from cloob_jax.models import inputs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 20
@@ -432,7 +432,7 @@ def test_cloob_step_loss_equals_losses_cloob_on_the_global_batch():
   global_batch = jax.device_put(batch, parallel.batch_sharding(mesh))
   params = state["params"]
   img, txt, _ = jax.jit(functools.partial(model.apply, train=True))(
-      {"params": params}, transforms.normalize(batch["image"]), batch["tokens"])
+      {"params": params}, inputs.normalize(batch["image"]), batch["tokens"])
   expected = losses.cloob(img, txt, config.inv_tau, config.beta)
   step = jax.jit(functools.partial(
       train.train_step, model=model, tx=tx, schedule=schedule,

@@ -1,10 +1,10 @@
-"""Image transforms on the host (uint8 in, uint8 out) and normalisation on device.
+"""Image transforms on the host (uint8 in, uint8 out), and CLIP's mean and std.
 
 Host side, per image: `random_resized_crop` for training (CLOOB: scale (0.9, 1),
 aspect (3/4, 4/3), bicubic) and `resize_center_crop` for evaluation (bicubic
 resize of the short side, centre crop). Both return uint8 [S, S, 3]; batches stay
-uint8 until they are on the device, where `normalize` applies CLIP's mean/std
-(4x less host-to-device traffic than float32). Encoded images take the fused
+uint8 until they are on the device, where `models.inputs.normalize` applies CLIP's
+mean/std (4x less host-to-device traffic than float32). Encoded images take the fused
 path instead (`records.decode_crop`): the box (`random_resized_crop_box`,
 `center_crop_box`) is drawn from the header's size, and JPEGs are resized by
 OpenCV (`resize_box_fast`) when it is installed.
@@ -121,11 +121,3 @@ def resize_center_crop(image, size: int) -> np.ndarray:
   top, left, side, _ = center_crop_box(h, w)
   out = img.resize((size, size), Image.BICUBIC, box=(left, top, left + side, top + side))
   return np.asarray(out)
-
-
-def normalize(images):
-  """uint8 [..., 3] -> float32 [..., 3] with CLIP's mean/std (run it on device)."""
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  mean = jnp.asarray(CLIP_MEAN, jnp.float32) * 255.0
-  inv_std = 1.0 / (jnp.asarray(CLIP_STD, jnp.float32) * 255.0)
-  return (jnp.asarray(images).astype(jnp.float32) - mean) * inv_std

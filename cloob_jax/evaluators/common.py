@@ -27,7 +27,7 @@ import numpy as np
 
 from cloob_jax import parallel
 from cloob_jax.data import tokenizer
-from cloob_jax.data import transforms
+from cloob_jax.models import inputs
 
 Metrics = Iterator[tuple[str, float]]
 
@@ -131,7 +131,7 @@ def _encoders(module, mesh: jax.sharding.Mesh):
 
   def images_fn(variables, images):
     # uint8 in, normalised on device: 4x less host-to-device traffic than float32.
-    return module.apply(variables, transforms.normalize(images), method=module.encode_image)
+    return module.apply(variables, inputs.normalize(images), method=module.encode_image)
 
   def texts_fn(variables, tokens):
     return module.apply(variables, tokens, method=module.encode_text)

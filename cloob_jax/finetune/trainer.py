@@ -37,11 +37,11 @@ from cloob_jax import paths
 from cloob_jax import preemption
 from cloob_jax import train
 from cloob_jax import workdir as workdir_lib
-from cloob_jax.data import transforms
 from cloob_jax.finetune import classifier
 from cloob_jax.finetune import data as data_lib
 from cloob_jax.finetune import init_model
 from cloob_jax.finetune import wise_ft
+from cloob_jax.models import inputs
 
 MODES = ("end_to_end", "linear_probe", "flyp")
 TRAIN, FREEZE = "train", "freeze"
@@ -117,7 +117,7 @@ def _frozen_kept(labels, new, old):
 def train_step(state, batch, *, module, tx, schedule, labels, mode, loss_fn, beta):
   """One update on a global batch {'image': uint8 [B,S,S,3], 'label': int32 [B]} (FLYP:
   + 'tokens' int32 [B,L]); an optional 'stop' int32 [B] comes back as metrics[train.STOP]."""
-  images = transforms.normalize(batch["image"])
+  images = inputs.normalize(batch["image"])
   old_stats = state["batch_stats"]
 
   def compute_loss(params):
