@@ -30,27 +30,7 @@ from cloob_jax import config_lib
 from cloob_jax.data import transforms
 from cloob_jax.evaluators import prompts
 from cloob_jax.evaluators import sources
-
-
-class Subset(sources.ClassificationSource):
-  """The examples `indices` of a ClassificationSource (in that order), with its names."""
-
-  def __init__(self, base: sources.ClassificationSource, indices: np.ndarray):
-    self.base = base
-    self.indices = np.asarray(indices, np.int64)
-    self.classnames, self.templates = base.classnames, base.templates
-
-  def __len__(self) -> int:
-    return len(self.indices)
-
-  def get(self, index):
-    return self.base.get(int(self.indices[index]))
-
-  def arrays(self, image_size):
-    full = self.base.arrays(image_size)
-    if full is None:
-      return None
-    return np.asarray(full[0])[self.indices], np.asarray(full[1])[self.indices]
+from cloob_jax.evaluators.sources import base as source_base
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,7 +66,8 @@ def load_splits(data_config, image_size: int) -> Splits:
   else:
     train_idx, val_idx = split_indices(len(base), float(data_config.val_fraction),
                                        int(data_config.split_seed))
-    train, val = Subset(base, train_idx), Subset(base, val_idx)
+    train, val = (source_base.Subset(base, np.asarray(train_idx, np.int64)),
+                  source_base.Subset(base, np.asarray(val_idx, np.int64)))
   if len(train) == 0 or len(val) == 0:
     raise ValueError(f"empty split: {len(train)} train and {len(val)} val examples")
   return Splits(train, val, tuple(base.classnames), tuple(base.templates))
