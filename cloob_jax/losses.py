@@ -18,6 +18,11 @@ full-batch losses here call the row-sum with row offset 0 and the identity "gath
 device-sharded loss (parallel.gathered_loss) calls the same function per device with the
 device's offset and an all-gather, then sums over devices and divides by N.
 
+Every loss takes a static `chunk`: None (the default of `get_loss`) is the plain formula;
+an int C scans [b, C] blocks of candidates (objectives/chunked.py), the same loss and
+gradients to rounding in O(b x C) + O(N x d) memory. `resolve_chunk` picks it for a batch:
+the train step's loss (parallel.make_loss_fn) chunks from CHUNK_MIN_BATCH on.
+
 Inputs in bfloat16/float16 are cast to float32 first; results are float32 (float64
 for float64 inputs). `inv_tau` and `beta` may be python floats or (traced) jax scalars.
 """
@@ -55,9 +60,41 @@ def inv_tau_from_log(log_inv_tau: jax.Array) -> jax.Array:
   return objectives.LOG_INV_TAU.transform(log_inv_tau)
 
 
-def get_row_sum(method: str) -> Callable[..., jax.Array]:
-  """The block row-sum of `method`: (x, y, x_all, y_all, offset, scalars, gather)."""
-  return objectives.get(method).row_sum
+# 'auto' chunk: from this global batch on, [b, DEFAULT_CHUNK] blocks (None: never).
+CHUNK_MIN_BATCH = 8192
+DEFAULT_CHUNK = 1024
+AUTO = 'auto'
+
+
+def resolve_chunk(method: str, global_batch: int, chunk=AUTO) -> int | None:
+  """The static chunk size for `method` at `global_batch`: None means the plain path.
+
+  chunk: 'auto' (DEFAULT_CHUNK from CHUNK_MIN_BATCH on, when the objective takes a chunk),
+  None or 0 (plain), or a positive int (that block size; ValueError if the objective's
+  row-sum takes none).
+  """
+  objective = objectives.get(method)
+  if chunk == AUTO:
+    if CHUNK_MIN_BATCH is None or global_batch < CHUNK_MIN_BATCH or not objective.takes_chunk:
+      return None
+    return DEFAULT_CHUNK
+  if chunk is None or chunk == 0:
+    return None
+  if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 0:
+    raise ValueError(f'chunk={chunk!r}: expected a positive int, 0 / None (off) or {AUTO!r}.')
+  if not objective.takes_chunk:
+    raise ValueError(f'objective {method!r}: its row-sum takes no `chunk` keyword, so it '
+                     'cannot run chunked; use chunk=None.')
+  return chunk
+
+
+def get_row_sum(method: str, chunk: int | None = None) -> Callable[..., jax.Array]:
+  """The block row-sum of `method`: (x, y, x_all, y_all, offset, scalars, gather), with the
+  static `chunk` (a resolved one: None or a positive int) bound when it is not None."""
+  row_sum = objectives.get(method).row_sum
+  if chunk is None:
+    return row_sum
+  return functools.partial(row_sum, chunk=resolve_chunk(method, 0, chunk))
 
 
 def check_args(method: str, x, y, beta, **extra) -> None:
@@ -81,15 +118,26 @@ def _full_batch_loss(method, x, y, inv_tau, beta=None, **extra) -> jax.Array:
   return get_row_sum(method)(x, y, x, y, 0, scalars, lambda a: a) / x.shape[0]
 
 
-def get_loss(method: str) -> Callable[..., jax.Array]:
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _chunked_full_batch_loss(method, chunk, x, y, inv_tau, beta=None, **extra) -> jax.Array:
+  check_args(method, x, y, beta, **extra)
+  x, y = terms.cast(x, y)
+  scalars = {'inv_tau': inv_tau, 'beta': beta, **extra}
+  return get_row_sum(method, chunk)(x, y, x, y, 0, scalars, lambda a: a) / x.shape[0]
+
+
+def get_loss(method: str, chunk=None) -> Callable[..., jax.Array]:
   """Full-batch loss by name, uniform signature `(x, y, inv_tau, beta=None, **extra)`.
 
   Names: objectives.names() ('clip' = 'infonce', 'infoloob', 'cloob', 'hopfield_infonce',
   'siglip', 'hopfield_siglip'). beta is ignored by the methods without retrieval; `extra`
-  holds an objective's own learnt scalars (SigLIP's `bias`).
+  holds an objective's own learnt scalars (SigLIP's `bias`). chunk: None / 0 (the plain
+  formula) or a positive int, the candidates per score block (`resolve_chunk`).
   """
-  objectives.get(method)  # Fail early on a typo.
-  return functools.partial(_full_batch_loss, method)
+  chunk = resolve_chunk(method, 0, chunk)  # Also fails early on a typo.
+  if chunk is None:
+    return functools.partial(_full_batch_loss, method)
+  return functools.partial(_chunked_full_batch_loss, method, chunk)
 
 
 def infonce(x, y, inv_tau) -> jax.Array:

@@ -4,7 +4,9 @@ The global batch is one jax.Array sharded over the mesh axis 'data'. The contras
 losses need every embedding of the global batch, so `gathered_loss` all-gathers the
 embeddings (not the images) and each device scores only its own anchor rows against the
 global candidates: memory per device is O(local_batch x global_batch), never
-O(global_batch^2). The formulas themselves live once, in losses.py (`get_row_sum`).
+O(global_batch^2); with a chunk size (`chunk`, by default from losses.CHUNK_MIN_BATCH on)
+it scores [local, chunk] blocks at a time, O(local_batch x chunk). The formulas themselves
+live once, in losses.py (`get_row_sum`).
 
 Outside this module the device count appears only through the mesh: the train step checks
 that the global batch splits over it (`local_batch_size`) and the benches report it; no
@@ -92,7 +94,7 @@ def _is_explicit(mesh, axis_name: AxisName) -> bool:
 
 def gathered_loss(method: str, x: jax.Array, y: jax.Array, inv_tau, beta,
                   mesh: jax.sharding.Mesh | None, axis_name: AxisName = 'data',
-                  **extra) -> jax.Array:
+                  chunk=losses.AUTO, **extra) -> jax.Array:
   """`losses.<method>(x, y, inv_tau, beta)` computed with the batch sharded over devices.
 
   Each device all-gathers X and Y, computes its own rows of every N x N score matrix
@@ -110,13 +112,15 @@ def gathered_loss(method: str, x: jax.Array, y: jax.Array, inv_tau, beta,
     beta: Hopfield inverse temperature (ignored, may be None, for infonce/infoloob).
     mesh: the device mesh; None uses the mesh set with `jax.set_mesh`.
     axis_name: mesh axis (or tuple of axes) the batch is split over.
+    chunk: candidates per score block, static (losses.resolve_chunk): 'auto' (chunked from
+      losses.CHUNK_MIN_BATCH on), None / 0 (one [local, N] block per term) or an int.
     **extra: the objective's own learnt scalars (SigLIP's `bias`), replicated.
 
   Returns:
     Scalar loss, replicated; float32 (float64 for float64 inputs).
   """
   losses.check_args(method, x, y, beta, **extra)
-  row_sum = losses.get_row_sum(method)
+  row_sum = losses.get_row_sum(method, losses.resolve_chunk(method, x.shape[0], chunk))
   if mesh is None:
     mesh = jax.sharding.get_abstract_mesh()
   num_shards = axis_size(mesh, axis_name)
@@ -150,7 +154,7 @@ def gathered_loss(method: str, x: jax.Array, y: jax.Array, inv_tau, beta,
 
 
 def make_loss_fn(method: str, mesh: jax.sharding.Mesh | None = None,
-                 axis_name: AxisName = 'data') -> Callable[..., jax.Array]:
+                 axis_name: AxisName = 'data', chunk=losses.AUTO) -> Callable[..., jax.Array]:
   """Loss on model outputs for the train step: `fn(image_emb, text_emb, inv_tau, beta=None,
   **extra)`, `extra` being the objective's own learnt scalars (SigLIP's `bias`).
 
@@ -158,15 +162,17 @@ def make_loss_fn(method: str, mesh: jax.sharding.Mesh | None = None,
   towers' outputs inside the jitted step). With a mesh of one device, or mesh=None and
   no mesh set, this is the plain full-batch loss; otherwise `gathered_loss` (also on a
   one-device mesh, where it costs nothing and keeps Explicit-axis inputs legal).
+  chunk: as in `gathered_loss`, resolved for the global batch B (losses.resolve_chunk).
   """
-  losses.get_row_sum(method)  # Fail early on a typo.
+  losses.resolve_chunk(method, 0, chunk)  # Fail early on a typo or a bad chunk.
 
   def loss_fn(image_emb, text_emb, inv_tau, beta=None, **extra):
     active = mesh if mesh is not None else jax.sharding.get_abstract_mesh()
     if active.empty:
-      return losses.get_loss(method)(image_emb, text_emb, inv_tau, beta, **extra)
+      size = losses.resolve_chunk(method, image_emb.shape[0], chunk)
+      return losses.get_loss(method, size)(image_emb, text_emb, inv_tau, beta, **extra)
     return gathered_loss(method, image_emb, text_emb, inv_tau, beta, active, axis_name,
-                         **extra)
+                         chunk=chunk, **extra)
 
   return loss_fn
 

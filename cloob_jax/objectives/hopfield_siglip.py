@@ -8,11 +8,12 @@ from cloob_jax.objectives import siglip
 from cloob_jax.objectives import terms
 
 
-def row_sum(x, y, x_all, y_all, offset, scalars, gather):
+def row_sum(x, y, x_all, y_all, offset, scalars, gather, chunk=None):
   s, b = scalars["inv_tau"], scalars["bias"]
-  ux, uy_all, vx_all, vy = terms.retrievals(x, y, x_all, y_all, scalars["beta"], gather)
-  return (terms.sigmoid_rows(ux, uy_all, offset, s, b)
-          + terms.sigmoid_rows(vy, vx_all, offset, s, b)) / 2
+  ux, uy_all, vx_all, vy = terms.retrievals(x, y, x_all, y_all, scalars["beta"], gather,
+                                             chunk)
+  return (terms.sigmoid_rows(ux, uy_all, offset, s, b, chunk)
+          + terms.sigmoid_rows(vy, vx_all, offset, s, b, chunk)) / 2
 
 
 OBJECTIVE = registry.register(registry.Objective(

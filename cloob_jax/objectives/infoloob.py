@@ -4,10 +4,11 @@ from cloob_jax.objectives import registry
 from cloob_jax.objectives import terms
 
 
-def row_sum(x, y, x_all, y_all, offset, scalars, gather):
+def row_sum(x, y, x_all, y_all, offset, scalars, gather, chunk=None):
   del gather  # no retrieval
   s = scalars["inv_tau"]
-  return (terms.loob_rows(x, y_all, offset, s) + terms.loob_rows(y, x_all, offset, s)) / s
+  return (terms.loob_rows(x, y_all, offset, s, chunk)
+          + terms.loob_rows(y, x_all, offset, s, chunk)) / s
 
 
 OBJECTIVE = registry.register(registry.Objective(name="infoloob", row_sum=row_sum,

@@ -14,11 +14,15 @@ A row-sum is `row_sum(x, y, x_all, y_all, offset, scalars, gather)`:
   declared scalar's name: value}; gather: maps a per-block [b, d] array to the global [N, d]
   one (the identity on one device).
 It returns the block's share of N * loss, so that loss = (sum over blocks) / N.
+It may also take a keyword `chunk` (None or a static int C) and pass it to the terms, which
+then score [b, C] blocks of candidates at a time instead of [b, N] (terms.py, chunked.py);
+every built-in objective does. One without it runs plain (`takes_chunk`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 from typing import Any, Callable
 
@@ -61,6 +65,14 @@ class Objective:
   divided_by_inv_tau: bool = False  # the loss is divided by s: gradients s times smaller
   scalars: tuple[Scalar, ...] = (LOG_INV_TAU,)
   aliases: tuple[str, ...] = ()
+
+  @property
+  def takes_chunk(self) -> bool:
+    """Whether the row-sum accepts the keyword `chunk` (the memory-lean block scan)."""
+    try:
+      return "chunk" in inspect.signature(self.row_sum).parameters
+    except (TypeError, ValueError):
+      return False
 
   @property
   def extra_scalars(self) -> tuple[Scalar, ...]:

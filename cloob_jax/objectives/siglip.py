@@ -13,9 +13,9 @@ BIAS = registry.Scalar(name="bias", param="logit_bias",
                        init=lambda config: float(config.get("init_bias", -10.0)))
 
 
-def row_sum(x, y, x_all, y_all, offset, scalars, gather):
+def row_sum(x, y, x_all, y_all, offset, scalars, gather, chunk=None):
   del x_all, gather  # each pair once: the local images against every text
-  return terms.sigmoid_rows(x, y_all, offset, scalars["inv_tau"], scalars["bias"])
+  return terms.sigmoid_rows(x, y_all, offset, scalars["inv_tau"], scalars["bias"], chunk)
 
 
 OBJECTIVE = registry.register(registry.Objective(
