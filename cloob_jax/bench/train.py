@@ -3,9 +3,10 @@
 Compiles the real train step once, times it on random batches already on the device (no input
 pipeline), and prints step time, images/s, model FLOP/s from XLA's cost analysis, and that as a
 fraction of a large matmul's FLOP/s measured in the same run. `--objective` adds, in a
-subprocess with 8 virtual devices, the per-device temporary memory of the gathered objective at
-a large global batch and its share of a ViT-B/16 step's FLOPs. `--torch` times open_clip's
-PyTorch step for the same model and batch in the same run.
+subprocess with 8 virtual devices, the per-device temporary memory of the gathered objective
+(CLOOB and CLIP, plain and chunked, at global batches 8k/16k/32k, also as a multiple of one
+[local, global] float32 score block) and its share of a ViT-B/16 step's FLOPs. `--torch` times
+open_clip's PyTorch step for the same model and batch in the same run.
 """
 
 import argparse
@@ -31,8 +32,12 @@ def _parse(argv):
   p.add_argument("--torch", action="store_true", help="also time open_clip's PyTorch step")
   p.add_argument("--objective", action="store_true",
                  help="gathered-objective memory and FLOP share (subprocess, 8 devices)")
-  p.add_argument("--objective_batch", type=int, default=32768)
+  p.add_argument("--objective_batch", default="8192,16384,32768",
+                 help="global batches for --objective, comma-separated")
   p.add_argument("--objective_dim", type=int, default=512)
+  p.add_argument("--objective_chunk", type=int, default=None,
+                 help="candidates per score block of the chunked objective "
+                      "(default losses.DEFAULT_CHUNK)")
   p.add_argument("--json", default=None, help="also write the figures to this file")
   p.add_argument("--_objective_only", action="store_true", help=argparse.SUPPRESS)
   return p.parse_args(argv)
@@ -156,26 +161,31 @@ def torch_step_seconds(model_name, batch_size, steps, warmup, image_size, contex
   return (time.perf_counter() - start) / steps
 
 
-def objective_figures(batch, dim):
+def objective_figures(batches, dim, chunk=None):
   """Runs in a process with 8 virtual devices: memory of the gathered objective (value and
-  gradients) per device, against the N x N score matrix a single device would hold."""
+  gradients) per device, plain and chunked, against one [local, global] score block."""
   import jax
   import jax.numpy as jnp
+  from cloob_jax import losses
   from cloob_jax import parallel
   mesh = parallel.make_mesh()
   sharding = parallel.batch_sharding(mesh)
-  spec = jax.ShapeDtypeStruct((batch, dim), jnp.float32, sharding=sharding)
-  out = {"devices": mesh.size, "global_batch": batch, "dim": dim}
-  for method in ("cloob", "clip"):
-    loss = parallel.make_loss_fn(method, mesh)
-    grad = jax.jit(jax.value_and_grad(lambda x, y: loss(x, y, 30.0, 8.0), argnums=(0, 1)))
-    compiled = grad.lower(spec, spec).compile()
-    memory = compiled.memory_analysis()
-    out[method] = {"temp_bytes_per_device": int(memory.temp_size_in_bytes),
-                   "flops": _flops(compiled)}
-  local = batch // mesh.size
-  out["local_x_global_scores_bytes"] = local * batch * 4
-  out["global_x_global_scores_bytes"] = batch * batch * 4
+  chunk = chunk or losses.DEFAULT_CHUNK
+  out = {"devices": mesh.size, "dim": dim, "chunk": chunk, "batches": []}
+  for batch in batches:
+    spec = jax.ShapeDtypeStruct((batch, dim), jnp.float32, sharding=sharding)
+    row = {"global_batch": batch, "local_x_global_scores_bytes": batch // mesh.size * batch * 4,
+           "global_x_global_scores_bytes": batch * batch * 4}
+    for method in ("cloob", "clip"):
+      for name, size in (("plain", None), ("chunked", chunk)):
+        loss = parallel.make_loss_fn(method, mesh, chunk=size)
+        grad = jax.jit(jax.value_and_grad(lambda x, y, f=loss: f(x, y, 30.0, 8.0),
+                                          argnums=(0, 1)))
+        compiled = grad.lower(spec, spec).compile()
+        # No FLOPs here: XLA's cost analysis counts a scan's body once, not per block.
+        row[f"{method}_{name}"] = {
+            "temp_bytes_per_device": int(compiled.memory_analysis().temp_size_in_bytes)}
+    out["batches"].append(row)
 
   # The objective's share of a ViT-B/16 step at the same global batch per device count.
   from cloob_jax import models
@@ -205,14 +215,22 @@ def objective_figures(batch, dim):
 
 def _print_objective(fig):
   gib = 1024**3
-  print(f"\nGathered objective, global batch {fig['global_batch']} x d={fig['dim']} on "
-        f"{fig['devices']} virtual devices (value + gradients):")
-  for method in ("cloob", "clip"):
-    print(f"  {method:5s}: temporary memory per device {fig[method]['temp_bytes_per_device'] / gib:.2f}"
-          f" GiB")
-  print(f"  one [local, global] float32 score block: {fig['local_x_global_scores_bytes'] / gib:.2f}"
-        f" GiB; one [global, global] matrix would be {fig['global_x_global_scores_bytes'] / gib:.2f}"
-        " GiB")
+  print(f"\nGathered objective (value + gradients), d={fig['dim']} on {fig['devices']} virtual "
+        f"devices: XLA temporary memory per device, GiB (x one [local, global] f32 score "
+        f"block); chunked = [local, {fig['chunk']}] blocks:")
+  print(f"  {'global':>7s} {'local':>6s} {'block':>6s}  {'cloob plain':>15s} "
+        f"{'cloob chunked':>15s}  {'clip plain':>15s} {'clip chunked':>15s}")
+  for row in fig["batches"]:
+    block = row["local_x_global_scores_bytes"]
+    cells = []
+    for key in ("cloob_plain", "cloob_chunked", "clip_plain", "clip_chunked"):
+      temp = row[key]["temp_bytes_per_device"]
+      cells.append(f"{temp / gib:6.2f} ({temp / block:5.2f}x)")
+    print(f"  {row['global_batch']:7d} {row['global_batch'] // fig['devices']:6d} "
+          f"{block / gib:6.2f}  {cells[0]:>15s} {cells[1]:>15s}  {cells[2]:>15s} {cells[3]:>15s}")
+  last = fig["batches"][-1]
+  print(f"  one [global, global] f32 matrix at {last['global_batch']} would be "
+        f"{last['global_x_global_scores_bytes'] / gib:.2f} GiB")
   v = fig["vit_b16_step"]
   print(f"  ViT-B/16 step at global batch {v['global_batch']}: objective {v['objective_flops']:.3g}"
         f" of {v['step_flops']:.3g} FLOPs = {100 * v['objective_share']:.2f}% (XLA cost analysis)")
@@ -221,7 +239,8 @@ def _print_objective(fig):
 def run():
   args = _parse(sys.argv[1:])
   if args._objective_only:
-    print(json.dumps(objective_figures(args.objective_batch, args.objective_dim)))
+    batches = [int(b) for b in args.objective_batch.split(",")]
+    print(json.dumps(objective_figures(batches, args.objective_dim, args.objective_chunk)))
     return
   from cloob_jax import config_lib  # pylint: disable=g-import-not-at-top
   config = config_lib.load_config_file(args.config)
@@ -281,7 +300,9 @@ def run():
                JAX_PLATFORMS="cpu")
     proc = subprocess.run([sys.executable, "-m", "cloob_jax.bench", "train", "--_objective_only",
                            f"--objective_batch={args.objective_batch}",
-                           f"--objective_dim={args.objective_dim}"],
+                           f"--objective_dim={args.objective_dim}"]
+                          + ([f"--objective_chunk={args.objective_chunk}"]
+                             if args.objective_chunk else []),
                           env=env, capture_output=True, text=True, check=True)
     fig = json.loads(proc.stdout.strip().splitlines()[-1])
     figures["objective"] = fig
