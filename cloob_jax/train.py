@@ -94,9 +94,7 @@ def train_step(state, batch, *, model, tx, schedule, loss_fn, config):
   objective = objectives.get(config.method)
 
   def compute_loss(params):
-    variables = {"params": params}
-    if state["batch_stats"]:
-      variables["batch_stats"] = state["batch_stats"]
+    variables = models.variables(params, state["batch_stats"])
     (img, txt, _), updates = model.apply(variables, images, batch["tokens"], train=True,
                                          mutable=["batch_stats"])
     log_inv_tau = params["logit_scale"]
@@ -311,10 +309,7 @@ def _run_evals(evaluators, state, step, config, writer, final) -> dict[str, dict
     every = config.evals[name].get("log_steps", 0)
     if not (final or (every and step % every == 0)):
       continue
-    variables = {"params": state["params"]}
-    if state["batch_stats"]:
-      variables["batch_stats"] = state["batch_stats"]
-    results = dict(evaluator.run(variables))  # metric names come as 'name/metric' already
+    results = dict(evaluator.run(models.variables(state["params"], state["batch_stats"])))  # metric names come as 'name/metric' already
     writer.write(step, results)
     common.add_metrics(table, name, results.items())
     if writer.active and not final:

@@ -30,6 +30,7 @@ import optax
 from cloob_jax import checkpoint
 from cloob_jax import config_lib
 from cloob_jax import losses
+from cloob_jax import models
 from cloob_jax import objectives
 from cloob_jax import optim
 from cloob_jax import parallel
@@ -123,9 +124,7 @@ def train_step(state, batch, *, module, tx, schedule, labels, mode, loss_fn, bet
   def compute_loss(params):
     params = jax.tree.map(lambda l, p: p if l == TRAIN else jax.lax.stop_gradient(p),
                           labels, params)
-    variables = {"params": params["model"]}
-    if old_stats:
-      variables["batch_stats"] = old_stats
+    variables = models.variables(params["model"], old_stats)
     aux = {}
     if mode == "flyp":
       (img, txt, _), updates = module.apply(variables, images, batch["tokens"], train=True,
@@ -204,11 +203,7 @@ def create_setup(config, module, params, batch_stats, inv_tau: float, mesh=None)
 # --------------------------------------------------------------------------- evaluation
 
 
-def model_variables(params_model, batch_stats) -> dict[str, Any]:
-  variables = {"params": params_model}
-  if batch_stats:
-    variables["batch_stats"] = batch_stats
-  return variables
+model_variables = models.variables  # {'params', 'batch_stats' when there are any}
 
 
 class Evaluator:

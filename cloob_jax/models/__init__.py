@@ -16,8 +16,9 @@ from cloob_jax.models.towers import ImageTower
 from cloob_jax.models.towers import TextTower
 from cloob_jax.models.towers import TowerConfig
 from cloob_jax.models.two_tower import TwoTower
+from cloob_jax.models.two_tower import variables
 from cloob_jax.models.vit import ViTConfig
 
 __all__ = ["ConvNetConfig", "ImageTower", "ModelConfig", "ModifiedResNetConfig", "TextConfig",
            "TextTower", "TowerConfig", "TwoTower", "ViTConfig", "build", "count_params",
-           "create_model", "get_config", "list_models", "towers"]
+           "create_model", "get_config", "list_models", "towers", "variables"]

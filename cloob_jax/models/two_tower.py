@@ -46,3 +46,12 @@ class TwoTower(nn.Module):
     """
     return (self.encode_image(images, train=train), self.encode_text(tokens),
             jnp.exp(self.logit_scale))
+
+
+def variables(params, batch_stats=None) -> dict[str, Any]:
+  """The variables `TwoTower.apply` takes: {'params'}, plus 'batch_stats' for towers with
+  BatchNorm (an empty or missing collection is left out)."""
+  out = {"params": params}
+  if batch_stats:
+    out["batch_stats"] = batch_stats
+  return out
