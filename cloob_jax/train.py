@@ -95,7 +95,7 @@ def train_step(state, batch, *, model, tx, schedule, loss_fn, config):
 
   def compute_loss(params):
     variables = models.variables(params, state["batch_stats"])
-    (img, txt, _), updates = model.apply(variables, images, batch["tokens"], train=True,
+    (img, txt), updates = model.apply(variables, images, batch["tokens"], train=True,
                                          mutable=["batch_stats"])
     log_inv_tau = params["logit_scale"]
     if not config.learn_inv_tau:
@@ -157,7 +157,9 @@ def create_train_setup(config: ml_collections.ConfigDict, mesh=None) -> TrainSet
   init = jax.jit(init_fn, out_shardings=shardings)
   step = jax.jit(
       functools.partial(train_step, model=model, tx=tx, schedule=schedule,
-                        loss_fn=parallel.make_loss_fn(config.method, mesh), config=config),
+                        loss_fn=parallel.make_loss_fn(
+                            config.method, mesh, chunk=config.get("objective_chunk", "auto")),
+                        config=config),
       in_shardings=(shardings, batch_sharding),
       out_shardings=(shardings, parallel.replicated_sharding(mesh)), donate_argnums=(0,))
   return TrainSetup(model_config, model, mesh, tx, schedule, shardings, batch_sharding,

@@ -42,7 +42,8 @@ def test_forward_shapes_and_unit_norm(name):
   model = models.create_model(name)
   images, tokens = _inputs(config)
   variables = jax.jit(model.init)(jax.random.key(1), images, tokens)
-  img, txt, inv_tau = jax.jit(model.apply)(variables, images, tokens)
+  img, txt = jax.jit(model.apply)(variables, images, tokens)
+  inv_tau = jnp.exp(variables["params"]["logit_scale"])  # the bare init's temperature
   assert img.shape == txt.shape == (2, config.embed_dim)
   assert img.dtype == txt.dtype == jnp.float32
   np.testing.assert_allclose(jnp.linalg.norm(img, axis=-1), 1.0, rtol=1e-5)
@@ -87,7 +88,7 @@ def test_remat_gives_the_same_values_and_gradients(name):
   variables = jax.jit(plain.init)(jax.random.key(1), images, tokens)
 
   def loss(params, model):
-    img, txt, _ = model.apply({**variables, "params": params}, images, tokens)
+    img, txt = model.apply({**variables, "params": params}, images, tokens)
     return jnp.sum(img @ txt.T)
 
   g1 = jax.jit(jax.grad(loss), static_argnums=1)(variables["params"], plain)

@@ -431,7 +431,7 @@ def test_cloob_step_loss_equals_losses_cloob_on_the_global_batch():
   batch.pop("skipped")
   global_batch = jax.device_put(batch, parallel.batch_sharding(mesh))
   params = state["params"]
-  img, txt, _ = jax.jit(functools.partial(model.apply, train=True))(
+  img, txt = jax.jit(functools.partial(model.apply, train=True))(
       {"params": params}, inputs.normalize(batch["image"]), batch["tokens"])
   expected = losses.cloob(img, txt, config.inv_tau, config.beta)
   step = jax.jit(functools.partial(

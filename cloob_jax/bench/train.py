@@ -199,7 +199,7 @@ def objective_figures(batches, dim, chunk=None):
   loss = parallel.make_loss_fn("cloob", mesh)
 
   def step_loss(params, images, tokens):
-    img, txt, _ = vit.apply({"params": params}, images, tokens)
+    img, txt = vit.apply({"params": params}, images, tokens)
     return loss(img, txt, 30.0, 8.0)
 
   step_flops = _flops(jax.jit(jax.grad(step_loss)).lower(variables["params"], images,

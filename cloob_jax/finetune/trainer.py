@@ -127,7 +127,7 @@ def train_step(state, batch, *, module, tx, schedule, labels, mode, loss_fn, bet
     variables = models.variables(params["model"], old_stats)
     aux = {}
     if mode == "flyp":
-      (img, txt, _), updates = module.apply(variables, images, batch["tokens"], train=True,
+      (img, txt), updates = module.apply(variables, images, batch["tokens"], train=True,
                                             mutable=["batch_stats"])
       inv_tau = losses.inv_tau_from_log(params["model"]["logit_scale"])
       loss = loss_fn(img, txt, inv_tau, beta)

@@ -38,14 +38,10 @@ class TwoTower(nn.Module):
     """tokens int32 [batch, context_length] -> [batch, embed_dim] unit rows."""
     return layers.l2_normalize(self.text(tokens))
 
-  def __call__(self, images, tokens, train: bool = False) -> tuple[Any, Any, Any]:
-    """Returns (image_embeddings, text_embeddings, exp(logit_scale)).
-
-    The third output is unclipped and the train step ignores it (it reads
-    params['logit_scale']); kept while callers still unpack three values.
-    """
-    return (self.encode_image(images, train=train), self.encode_text(tokens),
-            jnp.exp(self.logit_scale))
+  def __call__(self, images, tokens, train: bool = False) -> tuple[Any, Any]:
+    """Returns (image_embeddings, text_embeddings). The temperature is params['logit_scale'],
+    which the objective reads (clipped) from the params, not from the model's outputs."""
+    return self.encode_image(images, train=train), self.encode_text(tokens)
 
 
 def variables(params, batch_stats=None) -> dict[str, Any]:
