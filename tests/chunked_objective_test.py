@@ -3,6 +3,9 @@ loss and gradients w.r.t. x, y and the learnt scalars, full batch at float64 (a 
 chunk, and an even one for CLOOB) and sharded over 8 virtual devices at float32.
 """
 
+import os
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,17 +16,15 @@ from cloob_jax import objectives
 from cloob_jax import parallel
 from cloob_jax.objectives import registry
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import parallel_test  # noqa: E402  (the unit-norm embedding pairs)
+
 BETA, INV_TAU, BIAS = 8.0, 14.3, -3.0
 ARGNAMES = ("x", "y", "inv_tau", "beta", "bias")
 
 
 def pair(n, d, seed=0):
-  rng = np.random.default_rng(seed)
-  x = rng.normal(size=(n, d))
-  x /= np.linalg.norm(x, axis=1, keepdims=True)
-  y = x + 0.7 * rng.normal(size=(n, d)) / np.sqrt(d)
-  y /= np.linalg.norm(y, axis=1, keepdims=True)
-  return x, y
+  return parallel_test.pair(n, d, seed, dtype=np.float64)
 
 
 def value_and_grads(loss, method):

@@ -25,13 +25,13 @@ def needs_devices(n):
                 '(set XLA_FLAGS=--xla_force_host_platform_device_count=8)')
 
 
-def pair(n, d, seed=0):
+def pair(n, d, seed=0, dtype=np.float32):
   rng = np.random.default_rng(seed)
   x = rng.normal(size=(n, d))
   x /= np.linalg.norm(x, axis=1, keepdims=True)
   y = x + 0.7 * rng.normal(size=(n, d)) / np.sqrt(d)
   y /= np.linalg.norm(y, axis=1, keepdims=True)
-  return x.astype(np.float32), y.astype(np.float32)
+  return x.astype(dtype), y.astype(dtype)
 
 
 @functools.cache

@@ -114,8 +114,7 @@ def write(workdir: str, *, command: str, config_spec: str, methods: Sequence[str
             for key in keys[:len(tasks)]}
   seeds = min(len(final[m][main_steps]) for m in methods)
   cost = {m: {"tuning_runs": len(grid[m]), "tuning_steps": tuning_steps * len(grid[m]),
-              "tuning_seconds": _seconds([{"wall_seconds_last_session": g["wall_seconds"]}
-                                          for g in grid[m]]),
+              "tuning_seconds": float(sum(g["wall_seconds"] or 0.0 for g in grid[m])),
               "final_runs": sum(len(v) for v in final[m].values()),
               "final_steps": sum(s * len(v) for s, v in final[m].items()),
               "final_seconds": sum(_seconds(v) for v in final[m].values())}
