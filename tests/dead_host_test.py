@@ -38,11 +38,22 @@ def _last_step(workdir):
   return max((row["step"] for row in workdir_lib.read_metrics(workdir)), default=0)
 
 
+def _finished_checkpoint(workdir):
+  """The newest checkpoint orbax finished (its temporary directories carry a suffix), or 0."""
+  directory = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(directory):
+    return 0
+  return max((int(name) for name in os.listdir(directory) if name.isdigit()), default=0)
+
+
 def _start_and_wait_for_step(workdir, step, timeout=300):
+  """Until metrics reach `step` and a checkpoint is finished (the async save of step 4 may
+  still be in flight at step 6 on a loaded machine: the survivor then rightly says "start
+  over")."""
   port = 20000 + random.randrange(20000)
   procs = [_process(i, workdir, port) for i in range(2)]
   deadline = time.time() + timeout
-  while _last_step(workdir) < step:
+  while _last_step(workdir) < step or not _finished_checkpoint(workdir):
     assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
     assert time.time() < deadline, f"no step {step} within {timeout} s"
     time.sleep(0.05)
