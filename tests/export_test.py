@@ -281,6 +281,43 @@ def test_params_npz_is_read_back_by_jax(exports):
   assert {"method", "beta", "step", "source", "git_commit", "model_config"} <= set(info)
 
 
+def test_a_format_registered_in_the_test_exports_through_run(exports, tmp_path, monkeypatch):
+  """A new format is one module with `registry.register`: nothing else is edited. Here a toy
+  one-file format (linen names in safetensors) is registered in a copy of the registry and
+  exported through `export.run` from an open_clip file; the safetensors library reads it."""
+  from safetensors import numpy as safetensors_numpy
+  from cloob_jax.export import encode
+  from cloob_jax.export import registry
+  monkeypatch.setattr(registry, "_FORMATS", dict(registry._FORMATS))
+
+  @registry.register("linen_safetensors", towers="every tower", suffixes=(".safetensors",),
+                     clip_towers=False, load_hint=lambda name, config, out: f"load_file({out})")
+  def write(variables, config, info):  # pylint: disable=unused-variable
+    del config
+    return encode.safetensors_bytes(dict(_linen_leaves(variables)), info)  # C order, float32
+
+  name = "ViT-tiny"
+  _, _, variables, *_ = _model(name)
+  source = os.path.join(exports(name, "open_clip"), export.OPEN_CLIP_WEIGHTS)
+  out = str(tmp_path / "toy.safetensors")
+  written = export.run(fmt="linen_safetensors", output=out, checkpoint=source, model=name)
+  assert written == [out, str(tmp_path / "toy.json")]
+  loaded = safetensors_numpy.load_file(out)
+  expected = dict(_linen_leaves(variables))
+  assert sorted(loaded) == sorted(expected)
+  for k, v in expected.items():
+    np.testing.assert_array_equal(loaded[k], v, err_msg=k)
+  assert json.loads((tmp_path / "toy.json").read_text())["format"] == "linen_safetensors"
+  with pytest.raises(export.ExportError, match="ending in .safetensors"):
+    export.export(variables, name, models.get_config(name), "linen_safetensors",
+                  str(tmp_path / "toy.npz"), {})
+
+
+def _linen_leaves(variables):
+  from cloob_jax.interop import keymap
+  return [("/".join((c,) + p), np.asarray(v)) for c, p, v in keymap.leaves(variables)]
+
+
 def test_formats_that_cannot_hold_a_tower_are_refused(tmp_path):
   refused = [("RN-tiny", "hf", "ModifiedResNet.*open_clip, openai or params"),
              ("RN50", "hf", "ModifiedResNet"),
