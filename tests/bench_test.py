@@ -50,3 +50,24 @@ def test_tokenizer_bench_prints_rates(capsys):
   out = capsys.readouterr().out
   for name in ("cloob_jax_cold", "cloob_jax_warm", "open_clip_cold", "open_clip_warm"):
     assert f"{name}: " in out and "captions/s" in out, out
+
+
+def test_train_bench_times_open_clip_alternately_for_a_model_open_clip_does_not_ship(tmp_path):
+  """`--torch --rounds=2` on the demo's tiny ViT: open_clip builds it from its exported config,
+  and both steps are timed in each round."""
+  import json
+  import pytest
+  pytest.importorskip("open_clip")
+  out = tmp_path / "figures.json"
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  proc = subprocess.run([sys.executable, "-m", "cloob_jax.bench", "train",
+                         "--config=configs/demo.py:tiny=True,evals=False", "--batch_size=8",
+                         "--steps=2", "--warmup=1", "--torch", "--rounds=2", f"--json={out}"],
+                        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  assert "ours/open_clip step time by round: " in proc.stdout and "median" in proc.stdout
+  figures = json.loads(out.read_text())
+  assert len(figures["rounds"]) == 2
+  assert all(r["step_s"] > 0 and r["open_clip_step_s"] > 0 for r in figures["rounds"])
+  ratios = sorted(r["step_s"] / r["open_clip_step_s"] for r in figures["rounds"])
+  assert figures["time_vs_open_clip"] == pytest.approx(sum(ratios) / 2)
