@@ -290,8 +290,8 @@ def test_a_format_registered_in_the_test_exports_through_run(exports, tmp_path, 
   from cloob_jax.export import registry
   monkeypatch.setattr(registry, "_FORMATS", dict(registry._FORMATS))
 
-  @registry.register("linen_safetensors", towers="every tower", suffixes=(".safetensors",),
-                     clip_towers=False, load_hint=lambda name, config, out: f"load_file({out})")
+  @registry.register("linen_safetensors", suffixes=(".safetensors",), clip_towers=False,
+                     load_hint=lambda name, config, out: f"load_file({out})")
   def write(variables, config, info):  # pylint: disable=unused-variable
     del config
     return encode.safetensors_bytes(dict(_linen_leaves(variables)), info)  # C order, float32

@@ -12,6 +12,7 @@ open_clip's PyTorch step for the same model and batch in the same run.
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -141,23 +142,20 @@ def train_step_figures(config, steps, warmup):
 
 def torch_step(model_name, model_config, batch_size):
   """open_clip's fp32 AdamW training step (CLIP loss) for the same model and batch, as a
-  function of no arguments. A registry model that open_clip does not ship (the demo's tiny
-  ViT, overrides) is built from its open_clip config (`export`'s), registered for the run."""
+  function of no arguments. Every model, shipped by open_clip or not (the demo's tiny ViT,
+  overrides), is built from its own open_clip config (`export`'s), registered for the run."""
   import tempfile
   import open_clip
   import torch
   from cloob_jax.export.formats import open_clip as open_clip_format
-  name = model_name.replace("/", "-")
-  cfg = open_clip_format.model_cfg(model_config) if model_config.vision.open_clip_cfg() else None
-  if cfg is None:
+  if model_config.vision.open_clip_cfg() is None:
     raise SystemExit(f"--torch: {model_name} is not a CLIP tower; open_clip has no such model")
-  if name not in open_clip.list_models() or open_clip.get_model_config(name) != cfg:
-    name = "cloob_jax_bench_" + name.replace(".", "_")
-    folder = tempfile.mkdtemp(prefix="cloob_jax_bench_")
+  name = "cloob_jax_bench_" + model_name.replace("/", "-").replace(".", "_")
+  with tempfile.TemporaryDirectory(prefix="cloob_jax_bench_") as folder:
     with open(os.path.join(folder, name + ".json"), "w") as f:
-      json.dump(cfg, f)
+      json.dump(open_clip_format.model_cfg(model_config), f)
     open_clip.add_model_config(folder)
-  model = open_clip.create_model(name, pretrained=None)
+    model = open_clip.create_model(name, pretrained=None)
   image_size, context = model_config.vision.image_size, model_config.text.context_length
   model.train()
   loss_fn = open_clip.ClipLoss()
@@ -173,15 +171,6 @@ def torch_step(model_name, model_config, batch_size):
     opt.step()
 
   return step
-
-
-def _time_torch(step, steps, warmup):
-  for _ in range(warmup):
-    step()
-  start = time.perf_counter()
-  for _ in range(steps):
-    step()
-  return (time.perf_counter() - start) / steps
 
 
 def objective_figures(batches, dim, chunk=None):
@@ -318,11 +307,9 @@ def run():
     rounds = []  # (ours, open_clip's) seconds per step, timed alternately
     for r in range(max(1, args.rounds)):
       ours = step["step_s"] if r == 0 else _time(run_step, args.steps, 1)
-      rounds.append((ours, _time_torch(theirs, torch_steps, 1)))
-    ratios = sorted(o / t for o, t in rounds)
-    median = ratios[len(ratios) // 2] if len(ratios) % 2 else (
-        (ratios[len(ratios) // 2 - 1] + ratios[len(ratios) // 2]) / 2)
-    seconds = sorted(t for _, t in rounds)[len(rounds) // 2]
+      rounds.append((ours, _time(theirs, torch_steps, 1)))  # torch's step returns None
+    median = statistics.median(o / t for o, t in rounds)
+    seconds = statistics.median(t for _, t in rounds)
     figures["open_clip_step_s"] = seconds
     figures["rounds"] = [{"step_s": o, "open_clip_step_s": t} for o, t in rounds]
     figures["time_vs_open_clip"] = median

@@ -19,7 +19,7 @@ in `formats/` (what a format declares: `registry.py`):
   params; every tower.
 
 Every format records the model config, method, 1/tau, beta, step, source and the exporting
-code's git commit (`metadata.py`; safetensors metadata under "cloob_jax", `INFO_FILE` in a
+code's git commit (`record.py`; safetensors metadata under "cloob_jax", `INFO_FILE` in a
 directory, OUT.json beside a file). Outputs are written under a temporary name and renamed
 (a gs:// output object by object, the config last: `writing.py`). An existing output is
 refused unless --overwrite; a tower that a format cannot hold is refused before anything is
@@ -36,7 +36,7 @@ from cloob_jax.export.binary import main
 from cloob_jax.export.binary import run
 from cloob_jax.export.formats.open_clip import CONFIG as OPEN_CLIP_CONFIG
 from cloob_jax.export.formats.open_clip import WEIGHTS as OPEN_CLIP_WEIGHTS
-from cloob_jax.export.metadata import metadata
+from cloob_jax.export.record import metadata
 from cloob_jax.export.registry import check_fits
 from cloob_jax.export.registry import ExportError
 from cloob_jax.export.registry import INFO_FILE

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from cloob_jax import paths
 from cloob_jax.export import formats  # noqa: F401  the registered formats
-from cloob_jax.export import metadata
+from cloob_jax.export import record
 from cloob_jax.export import registry
 from cloob_jax.export import writing
 
@@ -57,7 +57,7 @@ def run(*, fmt: str, output: str, workdir: str | None = None, step: int | None =
     registry.check_fits(name, config, fmt)  # before anything is written
     variables = open_clip.convert_state_dict(state_dict, name, **overrides)
     source = paths.absolute(checkpoint)
-  info = metadata.metadata(name, overrides, config, variables, fmt=fmt, source=source,
+  info = record.metadata(name, overrides, config, variables, fmt=fmt, source=source,
                   train_config=train_config, step=step)
   written = writing.export(variables, name, config, fmt, output, info, overwrite=overwrite)
   print(f"Wrote {', '.join(written)} ({name}, {fmt}); load with "

@@ -3,7 +3,7 @@
 A format is one module in `cloob_jax/export/formats/` (plus its import line in that package's
 `__init__.py`) that registers a writer:
 
-    @registry.register("npy_dir", towers="every tower", clip_towers=False,
+    @registry.register("npy_dir", clip_towers=False,
                        load_hint=lambda name, config, output: f"numpy.load(...)")
     def write(variables, config, info) -> dict[str, bytes]:
       ...  # {file name: bytes} of a directory output, in upload order
@@ -40,7 +40,6 @@ class Format:
   """One registered format: see the module docstring."""
   name: str
   write: Writer
-  towers: str
   load_hint: Callable[[str, Any, str], str]
   suffixes: tuple[str, ...] = ()
   clip_towers: bool = True
@@ -54,7 +53,7 @@ class Format:
 _FORMATS: dict[str, Format] = {}  # in registration order
 
 
-def register(name: str, *, towers: str, load_hint: Callable[[str, Any, str], str],
+def register(name: str, *, load_hint: Callable[[str, Any, str], str],
              suffixes: tuple[str, ...] = (), clip_towers: bool = True,
              check: Callable[[str, Any], None] | None = None):
   """Decorator: registers `write(variables, config, info)` as `--format=name`."""
@@ -62,7 +61,7 @@ def register(name: str, *, towers: str, load_hint: Callable[[str, Any, str], str
   def decorate(write: Writer) -> Writer:
     if name in _FORMATS:
       raise ValueError(f"an export format {name!r} is already registered")
-    _FORMATS[name] = Format(name, write, towers, load_hint, tuple(suffixes), clip_towers, check)
+    _FORMATS[name] = Format(name, write, load_hint, tuple(suffixes), clip_towers, check)
     return write
 
   return decorate

@@ -55,8 +55,8 @@ def write_directory(output: str, files: dict[str, bytes], overwrite: bool) -> No
 
   Locally: into a temporary sibling, renamed to `output` when complete (a replaced output is
   moved aside first and deleted after). On an object store each file is one upload in the
-  given order (the formats put the weights first and the config files last), so a reader
-  never finds a config whose weights are missing.
+  given order (`export`: the metadata, then the format's files, whose weights come before its
+  config files), so a reader never finds a config whose weights are missing.
   """
   if paths.is_remote(output):
     if overwrite and paths.exists(output):

@@ -26,7 +26,7 @@ def load_hint(name: str, config, output: str) -> str:
   return f"transformers.CLIPModel.from_pretrained({output!r}), CLIPTokenizer likewise"
 
 
-@registry.register("hf", towers="ViT towers", check=check, load_hint=load_hint)
+@registry.register("hf", check=check, load_hint=load_hint)
 def write(variables, config, info) -> dict[str, bytes]:
   import numpy as np  # pylint: disable=g-import-not-at-top
   from cloob_jax.interop import hf  # pylint: disable=g-import-not-at-top

@@ -42,7 +42,7 @@ def load_hint(name: str, config, output: str) -> str:
   return hint
 
 
-@registry.register("open_clip", towers="CLIP towers (ViT, ModifiedResNet)", load_hint=load_hint)
+@registry.register("open_clip", load_hint=load_hint)
 def write(variables, config, info) -> dict[str, bytes]:
   from cloob_jax.interop import keymap  # pylint: disable=g-import-not-at-top
   return {WEIGHTS: encode.safetensors_bytes(keymap.to_state_dict(variables, config), info),

@@ -44,8 +44,7 @@ def load_hint(name: str, config, output: str) -> str:
           f"path){act}")
 
 
-@registry.register("openai", towers="CLIP towers with 64-wide heads and MLP ratio 4",
-                   suffixes=(".pt", ".pth", ".bin"), check=check, load_hint=load_hint)
+@registry.register("openai", suffixes=(".pt", ".pth", ".bin"), check=check, load_hint=load_hint)
 def write(variables, config, info) -> bytes:
   del info  # beside the file, as OUT.json
   import numpy as np  # pylint: disable=g-import-not-at-top

@@ -15,8 +15,7 @@ def load_hint(name: str, config, output: str) -> str:
           f"{writing.side_json(output)}")
 
 
-@registry.register("params", towers="every tower", suffixes=(".npz",), clip_towers=False,
-                   load_hint=load_hint)
+@registry.register("params", suffixes=(".npz",), clip_towers=False, load_hint=load_hint)
 def write(variables, config, info) -> bytes:
   del config, info  # the metadata goes beside the file, as OUT.json
   import numpy as np  # pylint: disable=g-import-not-at-top
