@@ -23,7 +23,8 @@ def test_device_check_cpu_mode_prints_one_row_per_case(tmp_path):
   assert len(rows) == 2, proc.stdout + proc.stderr
   cells = [[c.strip() for c in row.strip("|").split("|")] for row in rows]
   assert [c[1] for c in cells] == ["clip", "cloob"] and [c[4] for c in cells] == ["einsum", "xla"]
-  assert all(float(c[8]) > 0 and float(c[7]) > 0 for c in cells)  # images/s, step ms
+  assert [c[6] for c in cells] == ["no", "vision+text"]  # scan over layers off, on
+  assert all(float(c[9]) > 0 and float(c[8]) > 0 for c in cells)  # images/s, step ms
   assert "device: cpu" in proc.stdout
 
 
@@ -71,3 +72,20 @@ def test_train_bench_times_open_clip_alternately_for_a_model_open_clip_does_not_
   assert all(r["step_s"] > 0 and r["open_clip_step_s"] > 0 for r in figures["rounds"])
   ratios = sorted(r["step_s"] / r["open_clip_step_s"] for r in figures["rounds"])
   assert figures["time_vs_open_clip"] == pytest.approx(sum(ratios) / 2)
+
+
+def test_train_bench_counts_a_scanned_step_as_the_unrolled_one():
+  # XLA's cost analysis counts a scan's body once: the bench counts the unrolled step instead,
+  # per device on the 8-device mesh.
+  import types
+  from cloob_jax import config_lib
+  figures = {}
+  for scan in ("off", "on"):
+    config = config_lib.load_config_file("configs/demo.py:tiny=True,evals=False")
+    config.model.overrides.vision.layers = 2
+    config.batch_size = 8
+    bench_train._tower_overrides(config, types.SimpleNamespace(remat=False, scan=scan))
+    figures[scan] = bench_train.train_step_figures(config, steps=1, warmup=0)[0]
+  assert figures["off"]["devices"] == 8
+  ratio = figures["on"]["step_flops"] / figures["off"]["step_flops"]
+  assert ratio == 1.0, figures

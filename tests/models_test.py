@@ -79,22 +79,66 @@ def test_bfloat16_compute_keeps_float32_params_and_is_close(name):
     assert np.abs(np.asarray(x) - np.asarray(y)).max() < 0.05
 
 
-@pytest.mark.parametrize("name", ["ViT-tiny", "RN-tiny"])
-def test_remat_gives_the_same_values_and_gradients(name):
+@pytest.mark.parametrize("name,tower", [
+    ("ViT-tiny", dict(remat=True)), ("RN-tiny", dict(remat=True)),
+    ("ViT-tiny", dict(scan=True)), ("ViT-tiny", dict(scan=True, remat=True)),
+    ("RN-tiny", dict(scan=True))])
+def test_remat_and_scan_give_the_same_values_and_gradients(name, tower):
+  # scan over layers (and remat) changes how the step runs, never the parameters or results:
+  # the scanned model initialises the same tree and takes the unrolled model's parameters.
   config = models.get_config(name)
   images, tokens = _inputs(config)
   plain = models.create_model(name)
-  remat = models.create_model(name, vision=dict(remat=True), text=dict(remat=True))
+  other = models.create_model(name, vision=tower, text=tower) if name == "ViT-tiny" else \
+      models.create_model(name, text=tower)
   variables = jax.jit(plain.init)(jax.random.key(1), images, tokens)
+  other_init = jax.jit(other.init)(jax.random.key(1), images, tokens)
+  assert jax.tree.structure(other_init) == jax.tree.structure(variables)
+  for x, y in zip(jax.tree.leaves(other_init), jax.tree.leaves(variables)):
+    np.testing.assert_array_equal(x, y)
 
   def loss(params, model):
-    img, txt = model.apply({**variables, "params": params}, images, tokens)
+    img, txt = model.apply({**variables, "params": params}, images, tokens)[:2]
     return jnp.sum(img @ txt.T)
 
+  v1 = jax.jit(loss, static_argnums=1)(variables["params"], plain)
+  v2 = jax.jit(loss, static_argnums=1)(variables["params"], other)
+  np.testing.assert_allclose(v2, v1, rtol=1e-5)
   g1 = jax.jit(jax.grad(loss), static_argnums=1)(variables["params"], plain)
-  g2 = jax.jit(jax.grad(loss), static_argnums=1)(variables["params"], remat)
+  g2 = jax.jit(jax.grad(loss), static_argnums=1)(variables["params"], other)
   for x, y in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
     np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
+
+
+def test_scanned_towers_under_fsdp_on_8_devices_equal_one_device():
+  # The scan stacks the blocks' parameters inside the step: with them FSDP-sharded over the
+  # mesh and the batch split over 8 devices, values and gradients stay the unsharded ones.
+  from cloob_jax import parallel
+  name, scanned = "ViT-tiny", dict(scan=True)
+  config = models.get_config(name)
+  images, tokens = _inputs(config, n=8)
+  model = models.create_model(name, vision=scanned, text=scanned)
+  params = jax.jit(model.init)(jax.random.key(1), images, tokens)["params"]
+
+  def loss(params, images, tokens):
+    img, txt = model.apply({"params": params}, images, tokens)[:2]
+    return jnp.sum(img @ txt.T)
+
+  want = jax.jit(jax.value_and_grad(loss))(params, images, tokens)
+  mesh = parallel.make_mesh(8)
+  sharded = jax.device_put(params, parallel.state_shardings(params, mesh, fsdp=True))
+  batch = jax.device_put((images, tokens), parallel.batch_sharding(mesh))
+  got = jax.jit(jax.value_and_grad(loss))(sharded, *batch)
+  for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(want)):  # float32 summation order
+    np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6 * max(1.0, float(np.abs(y).max())))
+
+
+def test_scan_is_the_default_for_wide_transformers_on_cpu():
+  from cloob_jax.models import layers
+  on_cpu = jax.default_backend() == "cpu"
+  assert layers.scans(None, 768) == on_cpu and layers.scans(None, 512) == on_cpu
+  assert not layers.scans(None, 64)
+  assert layers.scans(True, 64) and not layers.scans(False, 768)
 
 
 def test_text_pools_at_the_end_token():

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The train step on this machine's accelerator, one table: `python -m cloob_jax.bench train`
 # for ViT-B/32, ViT-B/16 and RN50, CLIP and CLOOB, bfloat16, batch 256-1024 per chip, einsum vs
-# cuDNN attention and rematerialisation, each case in its own process; then images/s, step
-# time, compile time, MFU and memory per case. Stops starting new cases after BUDGET_S
-# seconds (default 420), so that a run on one H200 ends within 8 minutes.
+# cuDNN attention, rematerialisation, scan over layers on or off, each case in its own process;
+# then images/s, step time, compile time, MFU and memory per case. Stops starting new cases
+# after BUDGET_S seconds (default 420), so that a run on one H200 ends within 8 minutes.
 #
 #   bash cloob_jax/bench/device_check.sh [--cpu] [OUT_DIR]
 #
@@ -31,16 +31,17 @@ if [[ -n "${WHEELS:-}" ]]; then
   "$PYTHON" -m pip install -q --no-index --no-deps -e .
 fi
 
-# model method batch attention remat(0/1)
+# model method batch attention remat(0/1) scan(on/off)
 if [[ "$MODE" == cpu ]]; then
-  CASES=("ViT-tiny clip 8 einsum 0" "ViT-tiny cloob 8 xla 0")
+  CASES=("ViT-tiny clip 8 einsum 0 off" "ViT-tiny cloob 8 xla 0 on")
   STEPS=(--steps=1 --warmup=0 --dtype=float32)
 else
   CASES=(
-    "ViT-B/32 clip 1024 einsum 0" "ViT-B/32 cloob 1024 einsum 0" "ViT-B/32 clip 1024 cudnn 0"
-    "ViT-B/16 clip 512 einsum 0" "ViT-B/16 cloob 512 einsum 0" "ViT-B/16 clip 512 cudnn 0"
-    "ViT-B/16 cloob 512 cudnn 1" "RN50 clip 512 einsum 0" "RN50 cloob 512 einsum 0"
-    "RN50 clip 256 einsum 0"
+    "ViT-B/32 clip 1024 einsum 0 off" "ViT-B/32 cloob 1024 einsum 0 off"
+    "ViT-B/32 clip 1024 cudnn 0 off" "ViT-B/32 clip 1024 cudnn 0 on"
+    "ViT-B/16 clip 512 einsum 0 off" "ViT-B/16 cloob 512 einsum 0 off"
+    "ViT-B/16 clip 512 cudnn 0 off" "ViT-B/16 clip 512 cudnn 0 on" "ViT-B/16 cloob 512 cudnn 1 on"
+    "RN50 clip 512 einsum 0 off" "RN50 cloob 512 einsum 0 off" "RN50 clip 256 einsum 0 off"
   )
   STEPS=(--steps=10 --warmup=2 --dtype=bfloat16)
 fi
@@ -48,13 +49,13 @@ fi
 start=$SECONDS
 i=0
 for case in "${CASES[@]}"; do
-  read -r model method batch attention remat <<<"$case"
+  read -r model method batch attention remat scan <<<"$case"
   if (( SECONDS - start > BUDGET_S )); then
     echo "budget of ${BUDGET_S} s spent: skipping $case" >&2
     continue
   fi
   i=$((i + 1))
-  extra=()
+  extra=(--scan="$scan")
   if [[ "$remat" == 1 ]]; then
     extra+=(--remat)
   fi
@@ -75,15 +76,16 @@ if not rows:
   sys.exit("no case finished")
 gib = 1024**3
 print(f"device: {rows[0]['device_kind']} ({rows[0]['backend']}), {rows[0]['devices']} device(s)")
-print("| model | method | batch | dtype | attention | remat | compile s | step ms | images/s "
-      "| MFU | temp GiB | peak GiB |")
-print("|---|---|---:|---|---|---|---:|---:|---:|---:|---:|---:|")
+print("| model | method | batch | dtype | attention | remat | scan | compile s | step ms "
+      "| images/s | MFU | temp GiB | peak GiB |")
+print("|---|---|---:|---|---|---|---|---:|---:|---:|---:|---:|---:|")
 for r in rows:
   memory = r.get("memory", {})
   mfu = f"{100 * r['mfu']:.1f}%" if "mfu" in r else "n/a"
   temp = f"{memory['temp_bytes'] / gib:.2f}" if "temp_bytes" in memory else "n/a"
   peak = f"{memory['device_peak_bytes'] / gib:.2f}" if "device_peak_bytes" in memory else "n/a"
   print(f"| {r['model']} | {r['method']} | {r['batch_size']} | {r['dtype']} | {r['attention']} "
-        f"| {'yes' if r['remat'] else 'no'} | {r['compile_s']:.1f} | {1e3 * r['step_s']:.1f} "
+        f"| {'yes' if r['remat'] else 'no'} | {'+'.join(r.get('scan') or ['no'])} "
+        f"| {r['compile_s']:.1f} | {1e3 * r['step_s']:.1f} "
         f"| {r['images_per_s']:.0f} | {mfu} | {temp} | {peak} |")
 EOF

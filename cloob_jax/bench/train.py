@@ -28,6 +28,8 @@ def _parse(argv):
   p.add_argument("--attention", default=None,
                  help="einsum | xla | cudnn (jax.nn.dot_product_attention; cudnn needs bfloat16)")
   p.add_argument("--remat", action="store_true", help="rematerialise both towers' blocks")
+  p.add_argument("--scan", choices=("on", "off"), default=None,
+                 help="transformer blocks as one lax.scan, or unrolled (default: the model's)")
   p.add_argument("--steps", type=int, default=10)
   p.add_argument("--warmup", type=int, default=2)
   p.add_argument("--torch", action="store_true", help="also time open_clip's PyTorch step")
@@ -109,6 +111,42 @@ def matmul_flops_per_sec(n=2048, dtype="float32"):
   return 2 * n**3 / seconds
 
 
+def _tower_overrides(config, args):
+  """--remat and --scan as overrides of the towers that have the field (scan: transformers)."""
+  import dataclasses
+  from cloob_jax import models
+  base = models.get_config(config.model.name, **config.model.overrides.to_dict())
+  for tower in ("vision", "text"):
+    fields = {f.name for f in dataclasses.fields(getattr(base, tower))}
+    extra = dict(config.model.overrides.get(tower, {}))
+    if args.remat:
+      extra["remat"] = True
+    if args.scan and "scan" in fields:
+      extra["scan"] = args.scan == "on"
+    if extra:
+      config.model.overrides[tower] = extra
+
+
+def _scanned(model_config) -> list[str]:
+  """The towers of `model_config` whose transformer runs as a scan (layers.scans)."""
+  from cloob_jax.models import layers
+  return [t for t in ("vision", "text")
+          if layers.scans(getattr(getattr(model_config, t), "scan", False),
+                          getattr(getattr(model_config, t), "width", 0))]
+
+
+def _unrolled_flops(config, model_config, state, batch) -> float:
+  """FLOPs per device of the step with every tower unrolled, for the same parameters: XLA's
+  cost analysis counts a scan's body once. Compiled (not only lowered): the partitioned
+  module is what is counted per device, replicated work (the optimizer update) included."""
+  import copy
+  from cloob_jax import train
+  config = copy.deepcopy(config)
+  for tower in _scanned(model_config):
+    config.model.overrides[tower] = dict(config.model.overrides.get(tower, {}), scan=False)
+  return _flops(train.create_train_setup(config).step.lower(state, batch).compile())
+
+
 def train_step_figures(config, steps, warmup):
   """-> (figures of the compiled train step, a function that runs one more step)."""
   import jax
@@ -126,7 +164,8 @@ def train_step_figures(config, steps, warmup):
   t0 = time.perf_counter()
   compiled = step.lower(state, batch).compile()
   compile_s = time.perf_counter() - t0
-  flops = _flops(compiled)
+  flops = (_unrolled_flops(config, model_config, state, batch) if _scanned(model_config)
+           else _flops(compiled))
   holder = {"state": state}
 
   def run():
@@ -267,15 +306,15 @@ def run():
     config.model.overrides["dtype"] = args.dtype
   if args.attention:
     config.model.overrides["attention"] = args.attention
-  if args.remat:
-    config.model.overrides["vision"] = dict(remat=True)
-    config.model.overrides["text"] = dict(remat=True)
+  _tower_overrides(config, args)
   import ml_collections
   config.model.overrides = ml_collections.ConfigDict(dict(config.model.overrides))
   import jax
+  from cloob_jax import models
+  mc = models.get_config(config.model.name, **config.model.overrides.to_dict())
   figures = {"backend": jax.default_backend(), "device_kind": jax.devices()[0].device_kind,
              "attention": config.model.overrides.get("attention", "einsum"),
-             "remat": bool(args.remat)}
+             "remat": bool(args.remat), "scan": _scanned(mc)}
   dtype = config.model.overrides.get("dtype", "float32")
   step, run_step = train_step_figures(config, args.steps, args.warmup)
   peak = matmul_flops_per_sec(dtype=dtype)
@@ -299,9 +338,7 @@ def run():
         f"{k.replace('_bytes', '').replace('_', ' ')} {v / gib:.2f} GiB"
         for k, v in memory.items()))
   if args.torch:
-    from cloob_jax import models
     import torch  # pylint: disable=g-import-not-at-top
-    mc = models.get_config(config.model.name, **config.model.overrides.to_dict())
     theirs = torch_step(config.model.name, mc, config.batch_size)
     torch_steps = max(2, args.steps // 2)
     rounds = []  # (ours, open_clip's) seconds per step, timed alternately

@@ -20,13 +20,14 @@ class TextConfig(towers.TowerConfig):
   layers: int = 12
   mlp_ratio: float = 4.0
   remat: bool = False  # rematerialise each block in the backward pass
+  scan: bool | None = None  # the blocks as one lax.scan; None: layers.scans decides
 
   torch_names = nnl.TRANSFORMER_TORCH_NAMES
 
   def build(self, embed_dim, quick_gelu, dtype, attention) -> nn.Module:
     return TextTransformer(embed_dim, self.context_length, self.vocab_size, self.width,
                            self.heads, self.layers, self.mlp_ratio, quick_gelu, self.remat,
-                           dtype, attention)
+                           dtype, attention, scan=self.scan)
 
   def open_clip_cfg(self):
     return {"context_length": self.context_length, "vocab_size": self.vocab_size,
@@ -51,6 +52,7 @@ class TextTransformer(nn.Module):
   remat: bool = False
   dtype: nnl.Dtype = jnp.float32
   attention: str = "einsum"  # layers.attention's implementation
+  scan: bool | None = None
 
   @nn.compact
   def __call__(self, tokens):
@@ -65,7 +67,7 @@ class TextTransformer(nn.Module):
     causal = jnp.tril(jnp.ones((length, length), dtype=bool))
     x = nnl.Transformer(self.width, self.layers, self.heads, self.mlp_ratio, self.quick_gelu,
                         self.remat, self.dtype, self.attention, causal=True,
-                        name="transformer")(x, causal)
+                        scan=self.scan, name="transformer")(x, causal)
     x = nnl.LayerNorm(self.dtype, name="ln_final")(x)
     eot = jnp.argmax(tokens, axis=-1)  # first occurrence of the highest id, as torch.argmax
     pooled = jnp.take_along_axis(x, eot[:, None, None], axis=1)[:, 0]

@@ -20,13 +20,14 @@ class ViTConfig(towers.TowerConfig):
   head_width: int = 64  # heads = width // head_width
   mlp_ratio: float = 4.0
   remat: bool = False  # rematerialise each block in the backward pass
+  scan: bool | None = None  # the blocks as one lax.scan; None: layers.scans decides
 
   torch_names = nnl.TRANSFORMER_TORCH_NAMES
 
   def build(self, embed_dim, quick_gelu, dtype, attention) -> nn.Module:
     return VisionTransformer(embed_dim, self.image_size, self.patch_size, self.width,
                              self.layers, self.head_width, self.mlp_ratio, quick_gelu,
-                             self.remat, dtype, attention)
+                             self.remat, dtype, attention, scan=self.scan)
 
   def open_clip_cfg(self):
     return {"image_size": self.image_size, "layers": self.layers, "width": self.width,
@@ -47,6 +48,7 @@ class VisionTransformer(nn.Module):
   remat: bool = False
   dtype: nnl.Dtype = jnp.float32
   attention: str = "einsum"  # layers.attention's implementation
+  scan: bool | None = None
 
   @nn.compact
   def __call__(self, images, train: bool = False):
@@ -67,7 +69,7 @@ class VisionTransformer(nn.Module):
     x = nnl.LayerNorm(self.dtype, name="ln_pre")(x)
     x = nnl.Transformer(self.width, self.layers, self.width // self.head_width,
                         self.mlp_ratio, self.quick_gelu, self.remat, self.dtype,
-                        self.attention, name="transformer")(x)
+                        self.attention, scan=self.scan, name="transformer")(x)
     x = nnl.LayerNorm(self.dtype, name="ln_post")(x[:, 0])
     proj = self.param("proj", nn.initializers.normal(scale), (self.width, self.embed_dim),
                       jnp.float32)
