@@ -135,14 +135,14 @@ def _scanned(model_config) -> list[str]:
                           getattr(getattr(model_config, t), "width", 0))]
 
 
-def _unrolled_flops(config, model_config, state, batch) -> float:
+def _unrolled_flops(config, scanned, state, batch) -> float:
   """FLOPs per device of the step with every tower unrolled, for the same parameters: XLA's
   cost analysis counts a scan's body once. Compiled (not only lowered): the partitioned
   module is what is counted per device, replicated work (the optimizer update) included."""
   import copy
   from cloob_jax import train
   config = copy.deepcopy(config)
-  for tower in _scanned(model_config):
+  for tower in scanned:  # the towers that scan
     config.model.overrides[tower] = dict(config.model.overrides.get(tower, {}), scan=False)
   return _flops(train.create_train_setup(config).step.lower(state, batch).compile())
 
@@ -164,8 +164,8 @@ def train_step_figures(config, steps, warmup):
   t0 = time.perf_counter()
   compiled = step.lower(state, batch).compile()
   compile_s = time.perf_counter() - t0
-  flops = (_unrolled_flops(config, model_config, state, batch) if _scanned(model_config)
-           else _flops(compiled))
+  scanned = _scanned(model_config)
+  flops = _unrolled_flops(config, scanned, state, batch) if scanned else _flops(compiled)
   holder = {"state": state}
 
   def run():

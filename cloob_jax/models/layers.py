@@ -146,7 +146,8 @@ class ResidualAttentionBlock(nn.Module):
 
 # Transformer.scan's default: scanned on XLA:CPU from this width on. Measured with
 # `python -m cloob_jax.bench train --scan=on|off` on a 2-core CPU: ViT-B/32 (widths 768 and
-# 512) at batch 32 takes 0.76x the unrolled step's time; the demo's step (a width-64 text tower) 1.3x.
+# 512) at batch 32 takes 0.76x the unrolled step's time; the demo's step (a width-64 text
+# tower) 1.3x.
 SCAN_MIN_WIDTH = 512
 
 
@@ -176,23 +177,24 @@ class Transformer(nn.Module):
   causal: bool = False       # `mask` is causal (the text tower)
   scan: bool | None = None
 
+  def _block_args(self):
+    return (self.width, self.heads, self.layers, self.mlp_ratio, self.quick_gelu, self.dtype,
+            self.attention, self.causal)
+
   @nn.compact
   def __call__(self, x, mask=None):
     if scans(self.scan, self.width) and not self.is_initializing():
       return self._scanned(x, mask)
     block = nn.remat(ResidualAttentionBlock) if self.remat else ResidualAttentionBlock
     for i in range(self.layers):
-      x = block(self.width, self.heads, self.layers, self.mlp_ratio, self.quick_gelu, self.dtype,
-                self.attention, self.causal, name=f"resblocks_{i}")(x, mask)
+      x = block(*self._block_args(), name=f"resblocks_{i}")(x, mask)
     return x
 
   def _scanned(self, x, mask):
     params = self.variables["params"]
     stacked = jax.tree.map(lambda *p: jnp.stack(p),
                            *(params[f"resblocks_{i}"] for i in range(self.layers)))
-    block = ResidualAttentionBlock(self.width, self.heads, self.layers, self.mlp_ratio,
-                                   self.quick_gelu, self.dtype, self.attention, self.causal,
-                                   parent=None)
+    block = ResidualAttentionBlock(*self._block_args(), parent=None)
 
     def body(y, block_params):
       return block.apply({"params": block_params}, y, mask), None
