@@ -125,10 +125,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if family_size > 1 and config.data.source != "synthetic":
     raise errors.UserError(f"config.data.family_size={family_size} needs config.data.source="
                            f"'synthetic' (families are scenes of the synthetic world)")
-  if family_size > 1 and config.data.num_workers:
+  if family_size > 1 and config.data.num_workers > 1:
     raise errors.UserError(f"config.data.family_size={family_size} needs "
-                           f"config.data.num_workers=0 (got {config.data.num_workers}): grain "
-                           "workers would split the families")
+                           f"config.data.num_workers <= 1 (got {config.data.num_workers}): "
+                           "several grain workers would split the families")
   if config.batch_size % family_size:
     raise errors.UserError(f"config.batch_size ({config.batch_size}) is not divisible by "
                            f"config.data.family_size ({family_size})")

@@ -58,6 +58,13 @@ def create_train_iterator(config, model_config, process_index=None, process_coun
       num_workers=config.data.num_workers)
 
 
+def _close(data) -> None:
+  """Stops a train iterator's worker processes (config.data.num_workers > 0), if any."""
+  close = getattr(data, "close", None)
+  if close is not None:
+    close()
+
+
 def init_state(model, tx, config, model_config, rng):
   """-> {'step', 'params', 'batch_stats', 'opt_state'}; the temperature starts at config.inv_tau.
 
@@ -199,6 +206,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     logging.info("resumed from step %d", start)
     print(f"Resumed from the checkpoint of step {start} in {ckpt.directory}", flush=True)
   elif restart_from_scratch:  # a failed restore may have moved the iterator: a fresh one
+    _close(data)
     data = create_train_iterator(config, model_config)
   step = int(state["step"])
 
@@ -268,6 +276,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     stop.uninstall()
     ckpt.close()
     writer.close()
+    _close(data)
   if writer.active:
     print(f"Wrote {paths.join(workdir, 'config.json')}, {paths.join(workdir, 'metrics.jsonl')}"
           f", TensorBoard events in {paths.join(workdir, 'tensorboard')} and checkpoints in "

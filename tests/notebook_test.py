@@ -14,6 +14,7 @@ def test_demo_notebook_executes(tmp_path, monkeypatch):
   monkeypatch.setenv("CLOOB_JAX_SKIP_INSTALL", "1")  # installed already; no network in tests
   monkeypatch.setenv("DEMO_STEPS", "4")
   monkeypatch.setenv("DEMO_TINY", "1")
+  monkeypatch.setenv("DEMO_WORKERS", "1")  # as the full demo: a grain worker from a kernel
   monkeypatch.setenv("DEMO_WORKDIR", str(tmp_path / "run"))
   monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
   path = os.path.join(REPO, "notebooks", "demo.ipynb")

@@ -1,6 +1,8 @@
 """Tests for cloob_jax.data.transforms and cloob_jax.data.pipeline."""
 
 import io
+import subprocess
+import sys
 
 import grain
 import numpy as np
@@ -200,7 +202,7 @@ def test_families_stay_whole_in_every_batch_and_process():
   assert [ids(b) for b in take(resumed, 5)] == one[3:]
   with pytest.raises(ValueError, match="not divisible by the source's family_size 3"):
     train_iter(src, global_batch_size=4)
-  with pytest.raises(ValueError, match="family_size 3 needs num_workers=0, got 2"):
+  with pytest.raises(ValueError, match="family_size 3 needs num_workers <= 1, got 2"):
     train_iter(src, global_batch_size=6, num_workers=2)
 
 
@@ -336,3 +338,35 @@ def test_multiprocess_workers():
   finally:
     it.close()
     it2.close()
+
+
+_ONE_WORKER_SCRIPT = """
+import numpy as np
+from cloob_jax.data import pipeline, synthetic
+
+if __name__ == "__main__":  # grain spawns its workers: this file is imported again there
+  world = synthetic.SyntheticWorld("train", seed=3, image_size=16, num_examples=40)
+  def batches(num_workers):
+    it = pipeline.create_train_iterator(
+        world, global_batch_size=8, image_size=16, context_length=8, seed=1,
+        process_index=0, process_count=1, num_workers=num_workers)
+    out = [{k: v.copy() for k, v in next(it).items()} for _ in range(7)]  # 1.4 epochs
+    if num_workers:
+      it.close()
+    return out
+  for want, got in zip(batches(0), batches(1)):
+    assert sorted(want) == sorted(got)
+    for key in want:
+      np.testing.assert_array_equal(want[key], got[key])
+  print("same batches")
+"""
+
+
+def test_one_worker_gives_the_batches_of_none_outside_absl_app_run(tmp_path):
+  # What the demo relies on (configs/demo.py: num_workers=1), run as a notebook or a script
+  # runs it: no absl.app.run, so nothing has parsed grain's flags.
+  script = tmp_path / "one_worker.py"
+  script.write_text(_ONE_WORKER_SCRIPT)
+  done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                        timeout=300)
+  assert done.returncode == 0 and "same batches" in done.stdout, done.stderr[-3000:]

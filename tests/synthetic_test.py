@@ -138,8 +138,10 @@ def test_train_shuffle_keeps_families_whole():
   assert epochs[0] != epochs[1]
   with pytest.raises(ValueError, match="not divisible by the source's family_size 4"):
     world.train_shuffle(ds, seed=7, global_batch_size=6, num_workers=0)
-  with pytest.raises(ValueError, match="family_size 4 needs num_workers=0"):
-    world.train_shuffle(ds, seed=7, global_batch_size=8, num_workers=1)
+  assert [world.train_shuffle(ds, seed=7, global_batch_size=8, num_workers=1)[i]
+          for i in range(48)] == sum(epochs, [])  # one worker batches the whole stream
+  with pytest.raises(ValueError, match="family_size 4 needs num_workers <= 1"):
+    world.train_shuffle(ds, seed=7, global_batch_size=8, num_workers=2)
 
 
 def _check_caption(caption, scene):

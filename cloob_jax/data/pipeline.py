@@ -220,6 +220,17 @@ class _SkipBadBatchIterDataset(grain.IterDataset):
     return f"SkipBadBatchIterDataset(batch_size={self._batch_size})"
 
 
+def _parse_flags_for_grain() -> None:
+  """Lets grain's worker processes start outside `absl.app.run` (a notebook, a script).
+
+  grain reads its absl flags when it starts workers and raises UnparsedFlagAccessError if
+  nothing parsed them; a program under `app.run` has, otherwise its defaults are used.
+  """
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+
+
 def create_train_dataset(
     source,
     *,
@@ -252,7 +263,9 @@ def create_train_dataset(
     context_length: L of the int32 [L] token rows.
     seed: shuffle and augmentation seed.
     process_index, process_count: default to jax's.
-    num_workers: grain worker processes (0: decode in this process's threads).
+    num_workers: grain worker processes (0: decode in this process's threads). Each worker
+      batches a strided slice of the stream, so 1 worker gives the same batches as 0.
+      Workers start outside `absl.app.run` too (grain's flags then keep their defaults).
     read_threads: threads per process (or per worker) running decode + augment;
       default 8 without workers, 2 per worker (workers are the main parallelism:
       PIL releases the GIL in decode and resize, but not in the glue around them).
@@ -295,6 +308,7 @@ def create_train_dataset(
                                             prefetch_buffer_size=prefetch_buffer_size))
   ds = _SkipBadBatchIterDataset(ds, local_batch, _Collate(context_length))
   if num_workers > 0:
+    _parse_flags_for_grain()
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=num_workers, per_worker_buffer_size=worker_buffer_size))
   return ds

@@ -49,14 +49,15 @@ def shuffle_families(ds: grain.MapDataset, family_size: int, *, seed: int,
 
   Raises:
     ValueError: when global batches cannot hold whole families: global_batch_size is not a
-      multiple of family_size, or grain worker processes (num_workers > 0) would each batch
-      a strided slice of the stream; or when `ds` has no whole family.
+      multiple of family_size, or several grain worker processes (num_workers > 1) would
+      each batch a strided slice of the stream (one worker batches the whole stream, in
+      order); or when `ds` has no whole family.
   """
   if global_batch_size % family_size:
     raise ValueError(f"global_batch_size {global_batch_size} is not divisible by the source's "
                      f"family_size {family_size}")
-  if family_size > 1 and num_workers > 0:
-    raise ValueError(f"a source with family_size {family_size} needs num_workers=0, got "
+  if family_size > 1 and num_workers > 1:
+    raise ValueError(f"a source with family_size {family_size} needs num_workers <= 1, got "
                      f"{num_workers}: grain workers each batch a strided slice of the stream, "
                      "which would split the families")
   return _FamilyShuffle(ds, family_size, seed)
