@@ -1,8 +1,10 @@
 """Tests for cloob_jax.data.transforms and cloob_jax.data.pipeline."""
 
 import io
+import os
 import subprocess
 import sys
+import time
 
 import grain
 import numpy as np
@@ -370,3 +372,56 @@ def test_one_worker_gives_the_batches_of_none_outside_absl_app_run(tmp_path):
   done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
                         timeout=300)
   assert done.returncode == 0 and "same batches" in done.stdout, done.stderr[-3000:]
+
+
+_KILLED_PARENT_SCRIPT = """
+import time
+from cloob_jax.data import pipeline, synthetic
+
+if __name__ == "__main__":
+  world = synthetic.SyntheticWorld("train", seed=3, image_size=16, num_examples=40)
+  it = pipeline.create_train_iterator(
+      world, global_batch_size=8, image_size=16, context_length=8, seed=1,
+      process_index=0, process_count=1, num_workers=1)
+  next(it)
+  print("ready", flush=True)
+  time.sleep(600)
+"""
+
+
+def _children(pid: int) -> list[int]:
+  out = []
+  for entry in os.listdir("/proc"):
+    try:
+      with open(f"/proc/{entry}/stat") as f:
+        if entry.isdigit() and int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+          out.append(int(entry))
+    except (OSError, ValueError, IndexError):
+      continue
+  return out
+
+
+def _cmdline(pid: int) -> str:
+  try:
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+      return f.read().replace(b"\0", b" ").decode()
+  except OSError:
+    return ""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc")
+def test_a_worker_exits_when_its_trainer_is_killed(tmp_path):
+  script = tmp_path / "killed_parent.py"
+  script.write_text(_KILLED_PARENT_SCRIPT)
+  proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+  try:
+    assert proc.stdout.readline().strip() == "ready"
+    workers = [p for p in _children(proc.pid) if "spawn_main" in _cmdline(p)]
+    assert len(workers) == 1, [(p, _cmdline(p)) for p in _children(proc.pid)]
+  finally:
+    proc.kill()  # SIGKILL: nothing in the trainer runs, its workers are on their own
+    proc.wait()
+  deadline = time.time() + 20
+  while os.path.exists(f"/proc/{workers[0]}") and time.time() < deadline:
+    time.sleep(0.2)
+  assert not os.path.exists(f"/proc/{workers[0]}"), "the worker outlived its killed trainer"

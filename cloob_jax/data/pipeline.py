@@ -47,7 +47,11 @@ world keeps its families of minimal pairs whole this way: `synthetic.families`.)
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
+import threading
+import time
 from typing import Any, Callable, Mapping, Sequence
 
 import grain
@@ -231,6 +235,33 @@ def _parse_flags_for_grain() -> None:
     flags.FLAGS.mark_as_parsed()
 
 
+def _exit_with_parent(builder: int, worker_index: int, worker_count: int) -> None:
+  """grain's worker_init_fn (after `builder`, the pid that built the pipeline): the worker
+  exits within a second of its parent's death.
+
+  A trainer killed outright (SIGKILL, the OOM killer) cannot stop its workers, and grain's
+  outlive it, holding memory; the rerun that resumes it starts its own. A worker whose
+  parent died while it was starting (it has been re-parented, and the builder is gone) exits
+  at once.
+  """
+  del worker_index, worker_count
+  parent = os.getppid()
+  if parent != builder:
+    try:
+      os.kill(builder, 0)  # signal 0: does the process exist?
+    except ProcessLookupError:
+      os._exit(1)  # pylint: disable=protected-access
+    except PermissionError:
+      pass  # it exists (another user's pid now): watch the parent we have
+
+  def watch():
+    while os.getppid() == parent:
+      time.sleep(1.0)
+    os._exit(1)  # pylint: disable=protected-access
+
+  threading.Thread(target=watch, name="exit_with_parent", daemon=True).start()
+
+
 def create_train_dataset(
     source,
     *,
@@ -276,7 +307,8 @@ def create_train_dataset(
     max_pixels, min_side: limits for decode_image.
     worker_buffer_size: batches buffered per worker process.
     decoder: "auto" (simplejpeg + OpenCV for JPEGs when installed, Pillow for the
-      rest) or "pillow"; see records.decode_crop.
+      rest), "fast" (the same with plain chroma upsampling) or "pillow"; see
+      records.decode_crop.
 
   Returns:
     a grain IterDataset; `iter()` gives a checkpointable DatasetIterator of
@@ -310,7 +342,8 @@ def create_train_dataset(
   if num_workers > 0:
     _parse_flags_for_grain()
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(
-        num_workers=num_workers, per_worker_buffer_size=worker_buffer_size))
+        num_workers=num_workers, per_worker_buffer_size=worker_buffer_size),
+        worker_init_fn=functools.partial(_exit_with_parent, os.getpid()))
   return ds
 
 
