@@ -276,10 +276,10 @@ def random_box_fn(seed, calls=None):
   return box_fn
 
 
-def both(data, size, seed=0, **kw):
-  """(fast, pillow) outputs for the same random crop, and the sizes box_fn saw."""
+def both(data, size, seed=0, decoder="auto", **kw):
+  """(`decoder`'s, pillow's) outputs for the same random crop, and the sizes box_fn saw."""
   calls = []
-  fast = records.decode_crop(data, size, random_box_fn(seed, calls), **kw)
+  fast = records.decode_crop(data, size, random_box_fn(seed, calls), decoder=decoder, **kw)
   slow = records.decode_crop(data, size, random_box_fn(seed, calls), decoder="pillow", **kw)
   return fast, slow, calls
 
@@ -304,19 +304,20 @@ def test_decode_crop_pillow_reproduces_the_old_path():
 
 
 @needs_fast
+@pytest.mark.parametrize("decoder", ["auto", "fast"])
 @pytest.mark.parametrize("width,height,size,kw", [
     (500, 375, 224, {}),                      # CC3M-like, full-scale decode
     (800, 600, 224, {"progressive": True}),   # 1/2-scale decode
     (640, 480, 96, {"subsampling": 0}),       # 1/2 or 1/4, 4:4:4 chroma
 ])
-def test_decode_crop_fast_close_to_pillow(width, height, size, kw):
+def test_decode_crop_fast_close_to_pillow(width, height, size, kw, decoder):
   data = photo_jpeg(width, height, **kw)
   for seed in range(3):
-    fast, slow, calls = both(data, size, seed)
+    fast, slow, calls = both(data, size, seed, decoder)
     assert fast.shape == slow.shape == (size, size, 3) and fast.dtype == np.uint8
     assert calls == [(height, width)] * 2  # one box, from the header, for either decoder
     diff = fast.astype(int) - slow
-    assert np.abs(diff).mean() < 1.0, np.abs(diff).mean()   # measured 0.45 .. 0.7
+    assert np.abs(diff).mean() < 1.0, np.abs(diff).mean()   # measured 0.37 .. 0.65 either way
     assert np.abs(diff.mean(axis=(0, 1))).max() < 0.5       # no colour shift
     assert np.percentile(np.abs(diff), 99) <= 8
 

@@ -9,7 +9,8 @@ dir, then reports images/s for:
      decode sized for the crop, and tokenize;
   2. the grain training pipeline (`pipeline.create_train_dataset`) with 0 worker
      processes (decoding in threads of this process) and with --workers, for the
-     --decoder path and for plain Pillow, side by side;
+     --decoder path and for plain Pillow, side by side (with --decoder=fast also for
+     auto, the exact path it speeds up);
   3. the same for the synthetic world at --synthetic-size (64).
 Each rate is given per second of wall time (total) and per CPU-second (this
 process's threads plus its worker processes): on a shared machine the second is
@@ -135,6 +136,9 @@ def single_core(source, image_size: int, context_length: int, n: int, repeats: i
     simplejpeg, _ = codecs
     out["decode: simplejpeg"] = _best_rate(
         lambda: [simplejpeg.decode_jpeg(r, colorspace="RGB") for r in recs], n, repeats)
+    out["decode: simplejpeg fastupsample"] = _best_rate(
+        lambda: [simplejpeg.decode_jpeg(r, colorspace="RGB", fastupsample=True) for r in recs],
+        n, repeats)
     out["resize: OpenCV"] = _best_rate(lambda: [
         transforms.resize_box_fast(im, b, image_size) for im, b in zip(images, boxes)],
         n, repeats)
@@ -216,7 +220,8 @@ def run(argv=None):
   p.add_argument("--read-threads", type=int, default=None,
                  help="decode threads per process (default: 1 with workers, 2 without)")
   p.add_argument("--decoder", choices=records.DECODERS, default="auto",
-                 help="the path compared with plain Pillow (auto: simplejpeg + OpenCV)")
+                 help="the path compared with plain Pillow (auto: simplejpeg + OpenCV; "
+                      "fast: auto with plain chroma upsampling, compared with auto too)")
   p.add_argument("--no-draft", action="store_true", help="pipeline without the DCT-scaled "
                                                          "JPEG decode")
   p.add_argument("--skip-synthetic", action="store_true")
@@ -229,7 +234,8 @@ def run(argv=None):
   codecs = records.fast_codecs()
   fast = (f"simplejpeg {codecs[0].__version__} + OpenCV {codecs[1].__version__}" if codecs
           else "not installed: pip install simplejpeg opencv-python-headless")
-  decoders = tuple(dict.fromkeys((args.decoder, "pillow")))
+  decoders = tuple(dict.fromkeys((args.decoder, "auto" if args.decoder == "fast" else "pillow",
+                                  "pillow")))
   print(f"# cloob_jax data benchmark: {cpu_model()}, {cores} cores visible, load average "
         f"{os.getloadavg()[0]:.1f}, batch {args.batch_size}, best of {args.repeats}")
   print(f"# decoders: {', '.join(decoders)}; fast path (auto): {fast}; "
@@ -270,13 +276,13 @@ def run(argv=None):
 
     report("ArrayRecord JPEG shards", source, args.image_size, decoders,
            jpeg_draft=not args.no_draft)
-    if len(decoders) > 1:
-      print(f"\n## {decoders[0]} against pillow, same run: per core (per CPU-second) "
+    rows = {(d, w): (wall, cpu) for d, w, _, wall, cpu in summary}
+    for decoder in decoders[:-1]:
+      print(f"\n## {decoder} against pillow, same run: per core (per CPU-second) "
             "and total images/s")
-      rows = {(d, w): (wall, cpu) for d, w, _, wall, cpu in summary}
       for w in sorted({0, args.workers}):
-        (fw, fc), (pw, pc) = rows[decoders[0], w], rows["pillow", w]
-        print(f"  workers={w}: {decoders[0]} {fc:5.0f} per core, {fw:5.0f} total | "
+        (fw, fc), (pw, pc) = rows[decoder, w], rows["pillow", w]
+        print(f"  workers={w}: {decoder} {fc:5.0f} per core, {fw:5.0f} total | "
               f"pillow {pc:5.0f} per core, {pw:5.0f} total | x{fc / pc:.2f} per core")
     if not args.skip_synthetic:
       from cloob_jax.data import synthetic  # pylint: disable=g-import-not-at-top

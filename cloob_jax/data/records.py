@@ -213,7 +213,11 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS,
 # ----------------------------------------------------------------------------
 # Decode, crop and resize in one step (the input pipeline's path).
 
-DECODERS = ("auto", "pillow")
+DECODERS = ("auto", "fast", "pillow")
+# "fast": libjpeg-turbo's plain chroma upsampling (each chroma sample repeated, not
+# interpolated), through simplejpeg's flag. Not its fast integer IDCT (`fastdct`): on a
+# photo-like JPEG that shifted red and blue by -1.2 and -1.3 levels on average.
+_FAST_JPEG = {"fastupsample": True}
 _codecs: tuple[Any, Any] | None | bool = False  # False: not looked for yet
 
 
@@ -293,6 +297,8 @@ def decode_crop(data: bytes, size: int,
     decoder: "auto": YCbCr and grayscale JPEGs are decoded by simplejpeg and resized
       by OpenCV (`transforms.resize_box_fast`) when both are installed; any other
       image, and any JPEG that simplejpeg fails on, goes to Pillow (bicubic).
+      "fast": as "auto", with libjpeg-turbo's plain chroma upsampling (faster, slightly
+      less exact, no colour shift: tests/records_test.py bounds the difference).
       "pillow": Pillow for everything.
     scaled: decode JPEGs at the smallest 1/2, 1/4 or 1/8 DCT scale at which the
       box still spans >= `size` pixels each way (`dct_scale`).
@@ -306,7 +312,7 @@ def decode_crop(data: bytes, size: int,
     raise ValueError(f"decoder {decoder!r} not in {DECODERS}")
   if not data:
     raise BadRecord("empty", "zero bytes")
-  codecs = fast_codecs() if decoder == "auto" else None
+  codecs = fast_codecs() if decoder != "pillow" else None
   header = _jpeg_header(codecs[0], data) if codecs else None
   if header is None:
     img = open_image(data, max_pixels=max_pixels, min_side=min_side)
@@ -318,7 +324,8 @@ def decode_crop(data: bytes, size: int,
   simplejpeg, _ = codecs
   try:  # strict: truncated data and the like raise, as in Pillow
     rgb = simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=height // d,
-                                 min_width=width // d, strict=True)
+                                 min_width=width // d, strict=True,
+                                 **(_FAST_JPEG if decoder == "fast" else {}))
   except Exception:  # pylint: disable=broad-except
     img = open_image(data, max_pixels=max_pixels, min_side=min_side)
     if img.size != (width, height):
