@@ -63,7 +63,8 @@ def test_train_bench_times_open_clip_alternately_for_a_model_open_clip_does_not_
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
   proc = subprocess.run([sys.executable, "-m", "cloob_jax.bench", "train",
                          "--config=configs/demo.py:tiny=True,evals=False", "--batch_size=8",
-                         "--steps=2", "--warmup=1", "--torch", "--rounds=2", f"--json={out}"],
+                         "--steps=2", "--warmup=1", "--torch", "--rounds=2", "--profile=2",
+                         f"--json={out}"],
                         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stdout + proc.stderr
   assert "ours/open_clip step time by round: " in proc.stdout and "median" in proc.stdout
@@ -72,6 +73,31 @@ def test_train_bench_times_open_clip_alternately_for_a_model_open_clip_does_not_
   assert all(r["step_s"] > 0 and r["open_clip_step_s"] > 0 for r in figures["rounds"])
   ratios = sorted(r["step_s"] / r["open_clip_step_s"] for r in figures["rounds"])
   assert figures["time_vs_open_clip"] == pytest.approx(sum(ratios) / 2)
+  profile = figures["profile"]  # --profile=2: the per-op table of two traced steps
+  assert "the op kinds taking the most time:" in proc.stdout
+  assert profile["steps"] == 2 and profile["kinds"] and profile["op_s"] > 0
+  assert 0 < profile["busy"] <= 1.01  # no op counted twice on one thread
+  assert sum(k["share"] for k in profile["kinds"]) <= 1 + 1e-9
+
+
+def test_op_profile_counts_the_ops_inside_a_scan_and_not_the_loop():
+  import jax
+  import jax.numpy as jnp
+  from cloob_jax.bench import profile
+
+  def f(w, x):
+    return jax.lax.scan(lambda c, wi: (jnp.tanh(c @ wi), None), x, w)[0]
+  w, x = jnp.ones((4, 64, 64)) / 64, jnp.ones((32, 64))
+  compiled = jax.jit(f).lower(w, x).compile()
+  ops = profile.hlo_ops(compiled.as_text())
+  assert "while" in ops.values()  # the scan is a loop in the module
+  result = profile.op_profile(lambda: compiled(w, x), compiled.as_text(), steps=3, top=50)
+  kinds = {k["kind"]: k for k in result["kinds"]}
+  assert not any(ops.get(k) == "while" or k.startswith("while") for k in kinds), kinds
+  # the matmul runs once per scanned step, 4 times per call
+  matmuls = [k for k in kinds if any(ops[n] in ("dot", "fusion", "custom-call")
+                                     and profile.kind(n) == k for n in ops)]
+  assert any(kinds[k]["count"] == 4 for k in matmuls), kinds
 
 
 def test_train_bench_counts_a_scanned_step_as_the_unrolled_one():
@@ -89,3 +115,19 @@ def test_train_bench_counts_a_scanned_step_as_the_unrolled_one():
   assert figures["off"]["devices"] == 8
   ratio = figures["on"]["step_flops"] / figures["off"]["step_flops"]
   assert ratio == 1.0, figures
+
+
+def test_data_bench_compares_fast_auto_and_pillow_in_one_run():
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  proc = subprocess.run([sys.executable, "-m", "cloob_jax.bench", "data", "--decoder=fast",
+                         "--workers=1", "--image-size=32", "--widths", "96", "128",
+                         "--num-images=64", "--num-unique=8", "--batch-size=8", "--batches=2",
+                         "--repeats=1", "--skip-synthetic"],
+                        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  out = proc.stdout
+  assert "decode: simplejpeg fastupsample" in out and "decode+crop (fast, DCT-scaled)" in out
+  for decoder in ("fast", "auto"):
+    summary = out.split(f"## {decoder} against pillow, same run")[1].splitlines()[1:3]
+    assert [line.split(":")[0].strip() for line in summary] == ["workers=0", "workers=1"], out
+    assert all(" per core" in line and "| x" in line for line in summary), out

@@ -44,6 +44,8 @@ def _parse(argv):
   p.add_argument("--objective_chunk", type=int, default=None,
                  help="candidates per score block of the chunked objective "
                       "(default losses.DEFAULT_CHUNK)")
+  p.add_argument("--profile", type=int, default=0, metavar="N",
+                 help="trace N more steps with jax.profiler and print the time per op kind")
   p.add_argument("--json", default=None, help="also write the figures to this file")
   p.add_argument("--_objective_only", action="store_true", help=argparse.SUPPRESS)
   return p.parse_args(argv)
@@ -148,7 +150,8 @@ def _unrolled_flops(config, scanned, state, batch) -> float:
 
 
 def train_step_figures(config, steps, warmup):
-  """-> (figures of the compiled train step, a function that runs one more step)."""
+  """-> (figures of the compiled train step, a function that runs one more step, the
+  compiled step)."""
   import jax
   import jax.numpy as jnp
   from cloob_jax import train
@@ -176,7 +179,7 @@ def train_step_figures(config, steps, warmup):
   return {"model": config.model.name, "dtype": model_config.dtype, "batch_size": b,
           "method": config.method, "devices": mesh.size, "compile_s": compile_s,
           "step_s": seconds, "images_per_s": b / seconds, "step_flops": flops,
-          "model_flops_per_s": flops / seconds, "memory": _memory(compiled)}, run
+          "model_flops_per_s": flops / seconds, "memory": _memory(compiled)}, run, compiled
 
 
 def torch_step(model_name, model_config, batch_size):
@@ -316,7 +319,7 @@ def run():
              "attention": config.model.overrides.get("attention", "einsum"),
              "remat": bool(args.remat), "scan": _scanned(mc)}
   dtype = config.model.overrides.get("dtype", "float32")
-  step, run_step = train_step_figures(config, args.steps, args.warmup)
+  step, run_step, compiled = train_step_figures(config, args.steps, args.warmup)
   peak = matmul_flops_per_sec(dtype=dtype)
   figures.update(step, matmul_flops_per_s=peak, fraction_of_matmul=step["model_flops_per_s"] / peak)
   print(f"{step['model']} {step['dtype']} batch {step['batch_size']} ({step['method']}) on "
@@ -337,6 +340,10 @@ def run():
     print("  memory per device: " + ", ".join(
         f"{k.replace('_bytes', '').replace('_', ' ')} {v / gib:.2f} GiB"
         for k, v in memory.items()))
+  if args.profile:
+    from cloob_jax.bench import profile  # pylint: disable=g-import-not-at-top
+    figures["profile"] = profile.op_profile(run_step, compiled.as_text(), steps=args.profile)
+    profile.print_profile(figures["profile"])
   if args.torch:
     import torch  # pylint: disable=g-import-not-at-top
     theirs = torch_step(config.model.name, mc, config.batch_size)
