@@ -155,6 +155,38 @@ def test_text_pools_at_the_end_token():
   assert np.abs(np.asarray(base) - np.asarray(moved)).max() > 1e-3
 
 
+@pytest.mark.parametrize("causal,scan,remat,attention", [
+    (True, False, False, "einsum"), (True, True, True, "einsum"), (False, False, True, "einsum"),
+    (False, True, False, "xla"), (True, False, False, "xla")])
+def test_the_pooled_last_block_equals_the_whole_stack_at_the_pooled_rows(
+    causal, scan, remat, attention):
+  # With `rows` the last block runs its attention output, MLP and LayerNorms on the pooled
+  # rows alone (keys and values from every position); the causal fused path runs it whole.
+  from cloob_jax.models import layers
+  stack = layers.Transformer(32, 3, 2, causal=causal, scan=scan, remat=remat,
+                             attention=attention)
+  x = jax.random.normal(jax.random.key(0), (4, 7, 32))
+  mask = jnp.tril(jnp.ones((7, 7), bool)) if causal else None
+  rows = jnp.array([6, 2, 0, 4]) if causal else 0  # text: each end token; ViT: class token
+  params = stack.init(jax.random.key(1), x, mask, rows=rows)["params"]
+  assert jax.tree.structure(params) == jax.tree.structure(
+      stack.init(jax.random.key(1), x, mask)["params"])
+
+  def pooled(p):
+    return stack.apply({"params": p}, x, mask, rows=rows)
+
+  def whole(p):
+    return layers.take_rows(stack.apply({"params": p}, x, mask), rows)[:, 0]
+
+  got, want = jax.jit(pooled)(params), jax.jit(whole)(params)
+  assert got.shape == (4, 32)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  g1 = jax.jit(jax.grad(lambda p: jnp.sum(pooled(p) ** 2)))(params)
+  g2 = jax.jit(jax.grad(lambda p: jnp.sum(whole(p) ** 2)))(params)
+  for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
 def test_fused_attention_implementations_equal_the_einsum_path():
   # jax.nn.dot_product_attention (the 'xla' implementation runs on CPU; 'cudnn' is the same
   # call on NVIDIA GPUs): causal for the text tower through is_causal, never a mask.

@@ -69,16 +69,35 @@ class MultiHeadAttention(nn.Module):
   causal: bool = False       # the mask is causal (what jax.nn.dot_product_attention is told)
 
   @nn.compact
-  def __call__(self, x, mask=None):
-    """x: [batch, length, width]; mask: bool [length, length] (True = attend) or None."""
+  def __call__(self, x, mask=None, rows=None):
+    """x: [batch, length, width]; mask: bool [length, length] (True = attend) or None.
+
+    rows (see `take_rows`): only those queries, [batch, 1, width] out; the keys and values
+    are still every position's. With a mask, only for the einsum implementation.
+    """
     b, l, w = x.shape
     head_dim = w // self.heads
     qkv = dense(3 * w, self.dtype, "in_proj", self.in_std)(x)
     q, k, v = jnp.split(qkv.reshape(b, l, 3, self.heads, head_dim), 3, axis=2)
     q, k, v = q[:, :, 0], k[:, :, 0], v[:, :, 0]  # [b, l, heads, head_dim]
+    if rows is not None:
+      q = take_rows(q, rows)
+      if mask is not None:  # the rows' own lines of the mask, broadcast over the heads
+        mask = mask[rows].reshape(-1, 1, 1, l)
     out = attention(q, k, v, mask, self.dtype, implementation=self.attention,
-                    causal=self.causal).reshape(b, l, w)
+                    causal=self.causal).reshape(b, q.shape[1], w)
     return dense(w, self.dtype, "out_proj", self.out_std)(out)
+
+
+def take_rows(x, rows):
+  """x [batch, length, ...] at one position per example -> [batch, 1, ...]: `rows` an int
+  (the same position for every example, e.g. ViT's class token) or int32 [batch] (e.g. the
+  text tower's end-of-text token)."""
+  if isinstance(rows, int):
+    return x[:, rows:rows + 1]
+  if jnp.ndim(rows) == 0:  # an int traced by a lifted transform (nn.remat)
+    return jax.lax.dynamic_slice_in_dim(x, rows, 1, axis=1)
+  return jnp.take_along_axis(x, rows.reshape((-1, 1) + (1,) * (x.ndim - 2)), axis=1)
 
 
 ATTENTION = ("einsum", "xla", "cudnn")
@@ -86,7 +105,7 @@ ATTENTION = ("einsum", "xla", "cudnn")
 
 def attention(q, k, v, mask=None, dtype=jnp.float32, implementation="einsum", causal=False):
   """softmax(q k^T / sqrt(d)) v per head: q [b, lq, h, d], k and v [b, lk, h, d], mask bool
-  [lq, lk] (True = attend) or None -> [b, lq, h, d] in `dtype`.
+  [lq, lk] or [b, 1, lq, lk] (True = attend) or None -> [b, lq, h, d] in `dtype`.
 
   implementation: 'einsum' (logits in float32, the towers' default, equal to open_clip's),
   or jax.nn.dot_product_attention's 'xla' / 'cudnn' (fused flash attention on NVIDIA GPUs;
@@ -131,13 +150,16 @@ class ResidualAttentionBlock(nn.Module):
   causal: bool = False
 
   @nn.compact
-  def __call__(self, x, mask=None):
+  def __call__(self, x, mask=None, rows=None):
+    """x [b, l, width] -> [b, l, width], or with `rows` (`take_rows`) only those rows'
+    outputs, [b, 1, width]: attention reads every position, the rest runs on the rows."""
     attn_std = self.width**-0.5
     proj_std = attn_std * (2 * self.layers)**-0.5
     fc_std = (2 * self.width)**-0.5
     y = LayerNorm(self.dtype, name="ln_1")(x)
-    x = x + MultiHeadAttention(self.width, self.heads, self.dtype, attn_std, proj_std,
-                               self.attention, self.causal, name="attn")(y, mask)
+    attn = MultiHeadAttention(self.width, self.heads, self.dtype, attn_std, proj_std,
+                              self.attention, self.causal, name="attn")(y, mask, rows)
+    x = (x if rows is None else take_rows(x, rows)) + attn
     y = LayerNorm(self.dtype, name="ln_2")(x)
     y = MLP(int(self.width * self.mlp_ratio), self.quick_gelu, self.dtype, fc_std, proj_std,
             name="mlp")(y)
@@ -165,6 +187,13 @@ class Transformer(nn.Module):
   (one block compiled instead of `layers`); None: `scans`'s default. The parameters keep the
   unrolled layout (`resblocks_0` ... `resblocks_{layers-1}`), so checkpoints, key maps and
   exports are the same either way; only `init` always runs unrolled.
+
+  `__call__(x, mask, rows)`: with `rows` (`take_rows`: the pooled token of each example) it
+  returns only those rows of the output, [batch, width], and the last block computes its
+  attention output, MLP and LayerNorm for them alone (its keys and values still come from
+  every position). Nothing else reads the other positions of the last block, so the result
+  is the full stack's at those rows, within float rounding. A causal mask with a fused
+  attention implementation (which takes `is_causal`, never a mask) runs the whole last block.
   """
   width: int
   layers: int
@@ -182,26 +211,40 @@ class Transformer(nn.Module):
             self.attention, self.causal)
 
   @nn.compact
-  def __call__(self, x, mask=None):
+  def __call__(self, x, mask=None, rows=None):
+    pool_last = rows is not None and (self.attention == "einsum" or not self.causal)
     if scans(self.scan, self.width) and not self.is_initializing():
-      return self._scanned(x, mask)
-    block = nn.remat(ResidualAttentionBlock) if self.remat else ResidualAttentionBlock
-    for i in range(self.layers):
-      x = block(*self._block_args(), name=f"resblocks_{i}")(x, mask)
-    return x
+      x = self._scanned(x, mask, rows if pool_last else None)
+    else:
+      block = nn.remat(ResidualAttentionBlock) if self.remat else ResidualAttentionBlock
+      for i in range(self.layers):
+        last = pool_last and i == self.layers - 1
+        x = block(*self._block_args(), name=f"resblocks_{i}")(x, mask, rows if last else None)
+    if rows is None:
+      return x
+    return (x if pool_last else take_rows(x, rows))[:, 0]
 
-  def _scanned(self, x, mask):
+  def _scanned(self, x, mask, last_rows):
+    """The blocks as a scan; with `last_rows`, the last block outside it, on those rows."""
     params = self.variables["params"]
-    stacked = jax.tree.map(lambda *p: jnp.stack(p),
-                           *(params[f"resblocks_{i}"] for i in range(self.layers)))
     block = ResidualAttentionBlock(*self._block_args(), parent=None)
 
     def body(y, block_params):
       return block.apply({"params": block_params}, y, mask), None
 
+    def last(y, block_params):
+      return block.apply({"params": block_params}, y, mask, last_rows)
+
     if self.remat:
-      body = jax.checkpoint(body)
-    return jax.lax.scan(body, x, stacked)[0]
+      body, last = jax.checkpoint(body), jax.checkpoint(last)
+    scanned = self.layers - (last_rows is not None)
+    if scanned:
+      stacked = jax.tree.map(lambda *p: jnp.stack(p),
+                             *(params[f"resblocks_{i}"] for i in range(scanned)))
+      x = jax.lax.scan(body, x, stacked)[0]
+    if last_rows is not None:
+      x = last(x, params[f"resblocks_{self.layers - 1}"])
+    return x
 
 
 def batch_norm(x, train, dtype, name, zero_init=False):

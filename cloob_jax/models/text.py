@@ -65,12 +65,12 @@ class TextTransformer(nn.Module):
                      (self.context_length, self.width), jnp.float32)
     x = (x + pos[:length]).astype(self.dtype)
     causal = jnp.tril(jnp.ones((length, length), dtype=bool))
+    eot = jnp.argmax(tokens, axis=-1)  # first occurrence of the highest id, as torch.argmax
+    # Only the end-of-text rows leave the stack (its last block computes them alone).
     x = nnl.Transformer(self.width, self.layers, self.heads, self.mlp_ratio, self.quick_gelu,
                         self.remat, self.dtype, self.attention, causal=True,
-                        scan=self.scan, name="transformer")(x, causal)
-    x = nnl.LayerNorm(self.dtype, name="ln_final")(x)
-    eot = jnp.argmax(tokens, axis=-1)  # first occurrence of the highest id, as torch.argmax
-    pooled = jnp.take_along_axis(x, eot[:, None, None], axis=1)[:, 0]
+                        scan=self.scan, name="transformer")(x, causal, rows=eot)
+    pooled = nnl.LayerNorm(self.dtype, name="ln_final")(x)
     proj = self.param("text_projection", nn.initializers.normal(self.width**-0.5),
                       (self.width, self.embed_dim), jnp.float32)
     return pooled @ proj.astype(self.dtype)

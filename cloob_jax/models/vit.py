@@ -69,8 +69,8 @@ class VisionTransformer(nn.Module):
     x = nnl.LayerNorm(self.dtype, name="ln_pre")(x)
     x = nnl.Transformer(self.width, self.layers, self.width // self.head_width,
                         self.mlp_ratio, self.quick_gelu, self.remat, self.dtype,
-                        self.attention, scan=self.scan, name="transformer")(x)
-    x = nnl.LayerNorm(self.dtype, name="ln_post")(x[:, 0])
+                        self.attention, scan=self.scan, name="transformer")(x, rows=0)
+    x = nnl.LayerNorm(self.dtype, name="ln_post")(x)  # the class token's row only
     proj = self.param("proj", nn.initializers.normal(scale), (self.width, self.embed_dim),
                       jnp.float32)
     return x @ proj.astype(self.dtype)
