@@ -73,11 +73,11 @@ def _old_restarts0(lr, warmup, total_steps, steps):
 def test_restarts0_is_one_cosine_unchanged_for_the_demo():
   demo = config_lib.load_config_file(os.path.join(REPO, "configs/demo.py"), evals=False)
   total, opt = demo.total_steps, demo.optimizer
-  assert (total, opt.warmup_steps, opt.restarts, opt.schedule) == (1500, 100, 0, "cosine")
+  assert (total, opt.warmup_steps, opt.restarts, opt.schedule) == (750, 75, 0, "cosine")
   values = _values(opt, total)
   # Bit for bit the values of the runs the README reports.
-  np.testing.assert_array_equal(values, _old_restarts0(opt.lr, 100, total, np.arange(total)))
-  assert np.all(np.diff(values[100:]) < 0)
+  np.testing.assert_array_equal(values, _old_restarts0(opt.lr, 75, total, np.arange(total)))
+  assert np.all(np.diff(values[75:]) < 0)
   # One cosine over D = 1400 steps: the last update (step 1499) is at lr (1 - cos(pi / D)) / 2.
   np.testing.assert_allclose(values[-1], 0.5 * opt.lr * (1 - np.cos(np.pi / 1400)),
                              rtol=0.02)  # float32 rounding near cos = -1
