@@ -83,6 +83,8 @@ class MultiHeadAttention(nn.Module):
     if rows is not None:
       q = take_rows(q, rows)
       if mask is not None:  # the rows' own lines of the mask, broadcast over the heads
+        if self.attention != "einsum":  # the fused calls take is_causal, not a mask
+          raise ValueError(f"attention={self.attention!r} cannot run masked rows alone")
         mask = mask[rows].reshape(-1, 1, 1, l)
     out = attention(q, k, v, mask, self.dtype, implementation=self.attention,
                     causal=self.causal).reshape(b, q.shape[1], w)
