@@ -78,11 +78,11 @@ def test_restarts0_is_one_cosine_unchanged_for_the_demo():
   # Bit for bit the values of the runs the README reports.
   np.testing.assert_array_equal(values, _old_restarts0(opt.lr, 75, total, np.arange(total)))
   assert np.all(np.diff(values[75:]) < 0)
-  # One cosine over D = 1400 steps: the last update (step 1499) is at lr (1 - cos(pi / D)) / 2.
-  np.testing.assert_allclose(values[-1], 0.5 * opt.lr * (1 - np.cos(np.pi / 1400)),
+  # One cosine over D = 675 steps: the last update (step 749) is at lr (1 - cos(pi / D)) / 2.
+  np.testing.assert_allclose(values[-1], 0.5 * opt.lr * (1 - np.cos(np.pi / 675)),
                              rtol=0.02)  # float32 rounding near cos = -1
   assert values[-1] < 1e-8
-  np.testing.assert_allclose(values[100 + 700], opt.lr / 2, rtol=1e-5)  # halfway
+  np.testing.assert_allclose(values[75 + 225], 0.75 * opt.lr, rtol=1e-5)  # a third: cos 60°
   # Past the end it stays at 0 (no wrap back to lr).
   assert _values(opt, total, [total, total + 10]).max() < 1e-12
 
@@ -155,11 +155,11 @@ def test_validate_warns_about_warmup_longer_than_the_run(caplog, capsys):
   config = config_lib.load_config_file(os.path.join(REPO, "configs/demo.py"))
   config_lib.validate(config)  # the demo as it is: no warning
   assert "WARNING" not in capsys.readouterr().out
-  config.total_steps = 100  # DESIGN's contract example: --config.total_steps=100, warmup 100
+  config.total_steps = 75  # e.g. --config.total_steps=75: the demo's whole run is warm-up
   with caplog.at_level(logging.WARNING):
     config_lib.validate(config)
   out = capsys.readouterr().out
   lines = [line for line in out.splitlines() if line.startswith("WARNING: ")]
   assert len(lines) == 1, out
   for text in (lines[0], caplog.text):
-    assert "config.optimizer.warmup_steps (100)" in text and "config.total_steps (100)" in text
+    assert "config.optimizer.warmup_steps (75)" in text and "config.total_steps (75)" in text
