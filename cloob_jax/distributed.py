@@ -95,6 +95,7 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     jax.distributed.initialize(coordinator_address=coordinator_address,
                                num_processes=num_processes, process_id=process_id,
                                heartbeat_timeout_seconds=heartbeat)
+    _no_persistent_cache_for_cpu_collectives(jax)
   elif detected():
     jax.distributed.initialize(heartbeat_timeout_seconds=heartbeat)  # SLURM's / a TPU pod's env
   elif on_tpu_vm():
@@ -107,3 +108,18 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
   from cloob_jax import peerwatch  # pylint: disable=g-import-not-at-top
   peerwatch.start(peer_timeout_s, step_timeout_s)
   return True
+
+
+def _no_persistent_cache_for_cpu_collectives(jax):
+  """CPU processes joined by gloo compile without the persistent compilation cache.
+
+  With jax 0.12.1, a CPU program with cross-process collectives that is loaded from the cache
+  hangs in its first collective on every process (the same run with a cold cache, or on jax
+  0.12.0.1, trains); `tests/dead_host_test.py` and `tests/train_test.py` resume such runs.
+  Accelerator backends keep the cache.
+  """
+  if jax.default_backend() == "cpu" and jax.config.jax_enable_compilation_cache:
+    jax.config.update("jax_enable_compilation_cache", False)
+    from absl import logging  # pylint: disable=g-import-not-at-top
+    logging.info("CPU processes joined by gloo: the persistent compilation cache is off (a "
+                 "cached program with cross-process collectives hangs on jax 0.12.1).")

@@ -58,10 +58,13 @@ class PeerWatchdog:
     self._kv_ok = now     # when our own round trip to the store last returned
     self._seen = {p: (None, now) for p in range(process_count) if p != process_index}
     self._stopped = threading.Event()
+    self._said_done = threading.Event()
+    self._alive_key = threading.Lock()  # our alive key: a counter, then `_DONE` once
     self._exiting = threading.Lock()
 
   def start(self) -> PeerWatchdog:
-    for target in (self._watch, self._publish):
+    # All threads start here: `stop` runs at interpreter exit, where Python 3.12 refuses new ones.
+    for target in (self._watch, self._publish, self._farewell):
       threading.Thread(target=target, daemon=True, name=f"peerwatch{target.__name__}").start()
     return self
 
@@ -71,10 +74,17 @@ class PeerWatchdog:
     if self._stopped.is_set():
       return
     self._stopped.set()
-    done = threading.Thread(target=self._client.key_value_set, daemon=True,
-                            args=(f"{_ALIVE}{self._me}", _DONE, True))
-    done.start()
-    done.join(2.0)
+    self._said_done.wait(2.0)  # a frozen coordinator never answers
+
+  def _farewell(self):
+    """After `stop`: marks this process done in the store (`_publish` no longer writes)."""
+    self._stopped.wait()
+    try:
+      with self._alive_key:
+        self._client.key_value_set(f"{_ALIVE}{self._me}", _DONE, True)
+    except Exception:  # pylint: disable=broad-except  the store is gone: nothing to tell
+      pass
+    self._said_done.set()
 
   def beat(self):
     self._progress, self._armed = time.monotonic(), True
@@ -114,8 +124,11 @@ class PeerWatchdog:
     while not self._stopped.is_set():
       count += 1
       try:
-        self._client.key_value_set(f"{_ALIVE}{self._me}", f"{count}:{int(self._exempt > 0)}",
-                                   allow_overwrite=True)
+        with self._alive_key:
+          if self._stopped.is_set():
+            break
+          self._client.key_value_set(f"{_ALIVE}{self._me}", f"{count}:{int(self._exempt > 0)}",
+                                     allow_overwrite=True)
         entries = self._client.key_value_dir_get(_ALIVE)
         try:
           failed = self._client.key_value_try_get(_FAILED)

@@ -96,6 +96,7 @@ def test_a_killed_process_ends_the_other_in_one_line_and_a_rerun_resumes(tmp_pat
   outs = [p.communicate(timeout=300) for p in procs]
   for p, (out, err) in zip(procs, outs):
     assert p.returncode == 0, out + err
+    assert "Traceback" not in err, err
   assert f"Resumed from the checkpoint of step {step}" in outs[0][0]
   assert _last_step(workdir) == STEPS
 

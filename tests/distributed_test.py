@@ -28,13 +28,16 @@ def test_explicit_coordinator_uses_gloo_and_passes_the_process(calls):
   assert distributed.initialize("127.0.0.1:1234", 2, 1, num_cpu_devices=2)
   assert calls == [("jax_num_cpu_devices", 2), ("jax_cpu_collectives_implementation", "gloo"),
                    {"coordinator_address": "127.0.0.1:1234", "num_processes": 2,
-                    "process_id": 1, "heartbeat_timeout_seconds": 100}]
+                    "process_id": 1, "heartbeat_timeout_seconds": 100},
+                   # CPU processes joined by gloo: a cached program hangs on jax 0.12.1
+                   ("jax_enable_compilation_cache", False)]
 
 
 def test_the_heartbeat_timeout_stays_beyond_the_peer_timeout(calls):
   # jax's own abort (screens of C++ log) must come after peerwatch's one line.
   distributed.initialize("127.0.0.1:1234", 2, 0, peer_timeout_s=90)
-  assert calls[-1]["heartbeat_timeout_seconds"] == 130
+  started, = [c for c in calls if isinstance(c, dict)]
+  assert started["heartbeat_timeout_seconds"] == 130
 
 
 @pytest.mark.parametrize("var,value", [("SLURM_NTASKS", "4"), ("TPU_WORKER_HOSTNAMES", "a,b")])
