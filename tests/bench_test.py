@@ -131,3 +131,29 @@ def test_data_bench_compares_fast_auto_and_pillow_in_one_run():
     summary = out.split(f"## {decoder} against pillow, same run")[1].splitlines()[1:3]
     assert [line.split(":")[0].strip() for line in summary] == ["workers=0", "workers=1"], out
     assert all(" per core" in line and "| x" in line for line in summary), out
+
+
+def test_levers_bench_runs_each_lever_in_its_own_process_and_reports_a_failed_one(
+    tmp_path, monkeypatch, capsys):
+  """`bench levers`: the baseline and each lever in a process of its own (XLA flags differ);
+  a lever whose process fails is reported in one line and the others still run."""
+  import json
+  import pytest
+  from cloob_jax.bench import levers
+  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
+  monkeypatch.chdir(REPO)
+  monkeypatch.setitem(levers.LEVERS, "broken", ("an XLA flag that does not exist",
+                                                "--xla_cloob_jax_no_such_flag=1", ()))
+  out = tmp_path / "levers.json"
+  levers.run(["--config=configs/demo.py:tiny=True,evals=False", "--batch_size=8", "--steps=1",
+              "--warmup=1", "--rounds=1", "--levers=broken,devices2", "--no_torch",
+              f"--json={out}"])
+  printed = capsys.readouterr().out
+  rows = json.loads(out.read_text())["levers"]
+  assert list(rows) == ["baseline", "broken", "devices2"]
+  assert rows["baseline"]["vs_baseline"] == 1.0 and rows["baseline"]["devices"] == 1
+  assert rows["devices2"]["devices"] == 2 and rows["devices2"]["step_s"][0] > 0
+  assert "no_such_flag" in rows["broken"]["error"] and "vs_baseline" not in rows["broken"]
+  assert "round 1 broken: " in printed and "failed" in printed
+  with pytest.raises(SystemExit, match="unknown lever"):
+    levers.run(["--levers=nonesuch"])

@@ -3,7 +3,7 @@
 import importlib
 import sys
 
-SUBCOMMANDS = ("data", "tokenizer", "train")
+SUBCOMMANDS = ("data", "levers", "tokenizer", "train")
 
 
 def main():

@@ -1,0 +1,139 @@
+"""The CPU train step's levers side by side: `python -m cloob_jax.bench levers [flags]`.
+
+Each lever is `bench train` with other XLA flags or model overrides, run in a process of its
+own (XLA reads its flags once per process). In every round the baseline runs first, with
+open_clip's PyTorch step for the same model and batch timed in the same process, then each
+lever in turn; the table gives each lever's step time by round, its median ratio to the
+baseline and to open_clip's step of the same round. A lever that fails prints its last line
+and the others go on.
+
+    python -m cloob_jax.bench levers --config=configs/demo.py --model=ViT-B/32 --batch_size=32
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+
+# name -> (what it changes, XLA flags added to the environment's, `bench train` arguments).
+LEVERS = {
+    "baseline": ("the defaults: one device, XLA's threads, transformers scanned on XLA:CPU "
+                 "from width 512, einsum attention", "", ()),
+    "scan_off": ("transformer blocks unrolled", "", ("--scan=off",)),
+    "attention_xla": ("jax.nn.dot_product_attention (implementation='xla')", "",
+                      ("--attention=xla",)),
+    "devices2": ("two virtual CPU devices, the batch split over a 2-device data-parallel mesh",
+                 "--xla_force_host_platform_device_count=2", ()),
+    "devices2_1thread": ("as devices2, Eigen single-threaded (one thread per device)",
+                         "--xla_force_host_platform_device_count=2 "
+                         "--xla_cpu_multi_thread_eigen=false", ()),
+    "xnn_greedy": ("XNNPACK graph fusion, greedy",
+                   "--xla_cpu_experimental_xnn_graph_fusion_mode=XNN_GRAPH_FUSION_MODE_GREEDY", ()),
+    "onednn": ("oneDNN custom calls for dots, XNNPACK off (Intel's recipe)",
+               "--xla_cpu_experimental_onednn_custom_call=true --xla_cpu_use_onednn=false "
+               "--xla_cpu_experimental_ynn_fusion_type=invalid --xla_cpu_use_xnnpack=false "
+               "--xla_backend_extra_options=xla_cpu_disable_new_fusion_emitter", ()),
+    "eigen_dots": ("XNNPACK off: dots through Eigen", "--xla_cpu_use_xnnpack=false", ()),
+    "fast_math": ("LLVM fast math (changes float results: measured, never a default)",
+                  "--xla_cpu_enable_fast_math=true", ()),
+}
+
+
+def _parse(argv):
+  p = argparse.ArgumentParser(prog="python -m cloob_jax.bench levers")
+  p.add_argument("--config", default="configs/demo.py", help="config file[:args]")
+  p.add_argument("--model", default=None, help="override config.model.name (e.g. ViT-B/32)")
+  p.add_argument("--batch_size", type=int, default=None)
+  p.add_argument("--steps", type=int, default=3)
+  p.add_argument("--warmup", type=int, default=1)
+  p.add_argument("--rounds", type=int, default=2)
+  p.add_argument("--levers", default=",".join(LEVERS),
+                 help="comma-separated, from: " + ", ".join(LEVERS) + " (baseline always runs)")
+  p.add_argument("--no_torch", action="store_true", help="do not time open_clip's step")
+  p.add_argument("--json", default=None, help="also write the figures to this file")
+  return p.parse_args(argv)
+
+
+def _run_one(name, args, folder, round_index, torch):
+  """One `bench train` process for lever `name` -> its figures, or {"error": last line}."""
+  _, flags, extra = LEVERS[name]
+  out = os.path.join(folder, f"{name}.{round_index}.json")
+  cmd = [sys.executable, "-m", "cloob_jax.bench", "train", f"--config={args.config}",
+         f"--steps={args.steps}", f"--warmup={args.warmup}", f"--json={out}", *extra]
+  cmd += [f"--model={args.model}"] if args.model else []
+  cmd += [f"--batch_size={args.batch_size}"] if args.batch_size else []
+  if torch:
+    cmd += ["--torch", "--rounds=1"]
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = " ".join(f for f in (env.get("XLA_FLAGS", ""), flags) if f)
+  proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+  if proc.returncode != 0 or not os.path.exists(out):
+    lines = (proc.stderr or proc.stdout).strip().splitlines() or [f"exit {proc.returncode}"]
+    return {"error": lines[-1]}
+  with open(out) as f:
+    return json.load(f)
+
+
+def run(argv=None):
+  args = _parse(sys.argv[1:] if argv is None else argv)
+  names = ["baseline"] + [n.strip() for n in args.levers.split(",")
+                          if n.strip() and n.strip() != "baseline"]
+  unknown = [n for n in names if n not in LEVERS]
+  if unknown:
+    raise SystemExit(f"error: --levers: unknown lever(s) {', '.join(unknown)}; "
+                     f"known: {', '.join(LEVERS)}")
+  results = {n: [] for n in names}
+  with tempfile.TemporaryDirectory(prefix="cloob_jax_levers_") as folder:
+    for r in range(max(1, args.rounds)):
+      for name in names:
+        fig = _run_one(name, args, folder, r, torch=name == "baseline" and not args.no_torch)
+        results[name].append(fig)
+        status = fig.get("error") or f"step {fig['step_s'] * 1e3:.0f} ms"
+        print(f"round {r + 1} {name}: {status}", flush=True)
+
+  base = results["baseline"]
+  if any("error" in f for f in base):
+    raise SystemExit(f"error: the baseline failed: {next(f for f in base if 'error' in f)}")
+  first = base[0]
+  print(f"\n{first['model']} {first['dtype']} batch {first['batch_size']} ({first['method']}), "
+        f"{len(base)} round(s) of {args.steps} steps; matmul "
+        f"{statistics.median(f['matmul_flops_per_s'] for f in base) / 1e9:.0f} GFLOP/s "
+        "(the baseline's runs)")
+  torch_s = [f.get("open_clip_step_s") for f in base]
+  rows = {}
+  print(f"  {'lever':17s} {'devices':>7s} {'step ms by round':>17s} {'/baseline':>10s} "
+        f"{'/open_clip':>11s}  what it changes")
+  for name in names:
+    figs = results[name]
+    ok = [(f["step_s"], b["step_s"], t) for f, b, t in zip(figs, base, torch_s)
+          if "error" not in f]
+    row = {"description": LEVERS[name][0], "xla_flags": LEVERS[name][1],
+           "args": list(LEVERS[name][2]), "step_s": [f.get("step_s") for f in figs]}
+    if ok:
+      row["vs_baseline"] = statistics.median(s / b for s, b, _ in ok)
+      if all(t for _, _, t in ok):
+        row["vs_open_clip"] = statistics.median(s / t for s, _, t in ok)
+      steps = "/".join(f"{s * 1e3:.0f}" for s, _, _ in ok)
+      vs_open_clip = f"{row['vs_open_clip']:.2f}" if "vs_open_clip" in row else "-"
+      row["devices"] = next(f["devices"] for f in figs if "error" not in f)
+      print(f"  {name:17s} {row['devices']:7d} {steps:>17s} {row['vs_baseline']:10.2f} "
+            f"{vs_open_clip:>11s}  {LEVERS[name][0]}")
+    else:
+      row["error"] = figs[0]["error"]
+      print(f"  {name:17s} {'':7s} {'failed':>17s} {'':10s} {'':11s}  {row['error']}")
+    rows[name] = row
+  if all(torch_s):
+    print(f"  open_clip's step by round: "
+          + "/".join(f"{t * 1e3:.0f}" for t in torch_s) + " ms")
+  if args.json:
+    from cloob_jax import paths  # pylint: disable=g-import-not-at-top
+    paths.write_text(args.json, json.dumps({"model": first["model"],
+                                            "batch_size": first["batch_size"],
+                                            "rounds": len(base), "steps": args.steps,
+                                            "open_clip_step_s": torch_s, "levers": rows},
+                                           indent=2))
