@@ -23,6 +23,7 @@ def test_device_check_cpu_mode_prints_one_row_per_case(tmp_path):
   assert len(rows) == 2, proc.stdout + proc.stderr
   cells = [[c.strip() for c in row.strip("|").split("|")] for row in rows]
   assert [c[1] for c in cells] == ["clip", "cloob"] and [c[4] for c in cells] == ["einsum", "xla"]
+  assert [c[5] for c in cells] == ["no", "dots"]  # remat off, keeping the matmuls' outputs
   assert [c[6] for c in cells] == ["no", "vision+text"]  # scan over layers off, on
   assert all(float(c[9]) > 0 and float(c[8]) > 0 for c in cells)  # images/s, step ms
   assert "device: cpu" in proc.stdout

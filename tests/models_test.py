@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from cloob_jax import errors
 from cloob_jax import models
 
 
@@ -81,16 +82,18 @@ def test_bfloat16_compute_keeps_float32_params_and_is_close(name):
 
 @pytest.mark.parametrize("name,tower", [
     ("ViT-tiny", dict(remat=True)), ("RN-tiny", dict(remat=True)),
+    ("ViT-tiny", dict(remat="dots")), ("RN-tiny", dict(remat="dots")),
     ("ViT-tiny", dict(scan=True)), ("ViT-tiny", dict(scan=True, remat=True)),
-    ("RN-tiny", dict(scan=True))])
+    ("ViT-tiny", dict(scan=True, remat="dots")), ("RN-tiny", dict(scan=True))])
 def test_remat_and_scan_give_the_same_values_and_gradients(name, tower):
   # scan over layers (and remat) changes how the step runs, never the parameters or results:
   # the scanned model initialises the same tree and takes the unrolled model's parameters.
   config = models.get_config(name)
   images, tokens = _inputs(config)
   plain = models.create_model(name)
-  other = models.create_model(name, vision=tower, text=tower) if name == "ViT-tiny" else \
-      models.create_model(name, text=tower)
+  # A ModifiedResNet has no scan: only its text tower takes one.
+  other = models.create_model(name, vision=tower, text=tower) if "scan" not in tower or \
+      name == "ViT-tiny" else models.create_model(name, text=tower)
   variables = jax.jit(plain.init)(jax.random.key(1), images, tokens)
   other_init = jax.jit(other.init)(jax.random.key(1), images, tokens)
   assert jax.tree.structure(other_init) == jax.tree.structure(variables)
@@ -108,6 +111,30 @@ def test_remat_and_scan_give_the_same_values_and_gradients(name, tower):
   g2 = jax.jit(jax.grad(loss), static_argnums=1)(variables["params"], other)
   for x, y in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
     np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
+  # The blocks are rematerialised with the policy asked for, and only when asked.
+  jaxpr = jax.make_jaxpr(jax.grad(loss), static_argnums=1)(variables["params"], other).jaxpr
+  expected = {"dots": {jax.checkpoint_policies.dots_with_no_batch_dims_saveable},
+              True: {None}, None: set()}[tower.get("remat")]
+  assert set(_remat_policies(jaxpr)) == expected
+
+
+def _remat_policies(jaxpr):
+  """The policy of every rematerialised (jax.checkpoint) call in `jaxpr`, nested ones too."""
+  for eqn in jaxpr.eqns:
+    if "policy" in eqn.params and "prevent_cse" in eqn.params:
+      yield eqn.params["policy"]
+    for value in eqn.params.values():
+      for sub in value if isinstance(value, (tuple, list)) else (value,):
+        sub = getattr(sub, "jaxpr", sub)
+        if hasattr(sub, "eqns"):
+          yield from _remat_policies(sub)
+
+
+def test_an_unknown_remat_policy_is_refused_in_one_line_naming_the_tower():
+  with pytest.raises(errors.UserError, match=r"vision\.remat='dot': expected False, True or "
+                                            r"one of 'full', 'dots'"):
+    models.get_config("ViT-tiny", vision=dict(remat="dot"))
+  assert models.get_config("RN-tiny", text=dict(remat="full")).text.remat == "full"
 
 
 def test_scanned_towers_under_fsdp_on_8_devices_equal_one_device():

@@ -31,16 +31,17 @@ if [[ -n "${WHEELS:-}" ]]; then
   "$PYTHON" -m pip install -q --no-index --no-deps -e .
 fi
 
-# model method batch attention remat(0/1) scan(on/off)
+# model method batch attention remat(0/full/dots) scan(on/off)
 if [[ "$MODE" == cpu ]]; then
-  CASES=("ViT-tiny clip 8 einsum 0 off" "ViT-tiny cloob 8 xla 0 on")
+  CASES=("ViT-tiny clip 8 einsum 0 off" "ViT-tiny cloob 8 xla dots on")
   STEPS=(--steps=1 --warmup=0 --dtype=float32)
 else
   CASES=(
     "ViT-B/32 clip 1024 einsum 0 off" "ViT-B/32 cloob 1024 einsum 0 off"
     "ViT-B/32 clip 1024 cudnn 0 off" "ViT-B/32 clip 1024 cudnn 0 on"
     "ViT-B/16 clip 512 einsum 0 off" "ViT-B/16 cloob 512 einsum 0 off"
-    "ViT-B/16 clip 512 cudnn 0 off" "ViT-B/16 clip 512 cudnn 0 on" "ViT-B/16 cloob 512 cudnn 1 on"
+    "ViT-B/16 clip 512 cudnn 0 off" "ViT-B/16 clip 512 cudnn 0 on"
+    "ViT-B/16 cloob 512 cudnn full on" "ViT-B/16 cloob 512 cudnn dots on"
     "RN50 clip 512 einsum 0 off" "RN50 cloob 512 einsum 0 off" "RN50 clip 256 einsum 0 off"
   )
   STEPS=(--steps=10 --warmup=2 --dtype=bfloat16)
@@ -56,8 +57,8 @@ for case in "${CASES[@]}"; do
   fi
   i=$((i + 1))
   extra=(--scan="$scan")
-  if [[ "$remat" == 1 ]]; then
-    extra+=(--remat)
+  if [[ "$remat" != 0 ]]; then
+    extra+=(--remat="$remat")
   fi
   echo "== $case" >&2
   if ! "$PYTHON" -m cloob_jax.bench train --config=configs/demo.py --model="$model" \
@@ -85,7 +86,7 @@ for r in rows:
   temp = f"{memory['temp_bytes'] / gib:.2f}" if "temp_bytes" in memory else "n/a"
   peak = f"{memory['device_peak_bytes'] / gib:.2f}" if "device_peak_bytes" in memory else "n/a"
   print(f"| {r['model']} | {r['method']} | {r['batch_size']} | {r['dtype']} | {r['attention']} "
-        f"| {'yes' if r['remat'] else 'no'} | {'+'.join(r.get('scan') or ['no'])} "
+        f"| {r['remat'] or 'no'} | {'+'.join(r.get('scan') or ['no'])} "
         f"| {r['compile_s']:.1f} | {1e3 * r['step_s']:.1f} "
         f"| {r['images_per_s']:.0f} | {mfu} | {temp} | {peak} |")
 EOF

@@ -27,6 +27,8 @@ LEVERS = {
     "scan_off": ("transformer blocks unrolled", "", ("--scan=off",)),
     "attention_xla": ("jax.nn.dot_product_attention (implementation='xla')", "",
                       ("--attention=xla",)),
+    "remat_dots": ("blocks rematerialised, keeping the weight matmuls' outputs (fewer "
+                   "stacked buffers in the scan)", "", ("--remat=dots",)),
     "devices2": ("two virtual CPU devices, the batch split over a 2-device data-parallel mesh",
                  "--xla_force_host_platform_device_count=2", ()),
     "devices2_1thread": ("as devices2, Eigen single-threaded (one thread per device)",

@@ -27,7 +27,9 @@ def _parse(argv):
   p.add_argument("--method", default=None)
   p.add_argument("--attention", default=None,
                  help="einsum | xla | cudnn (jax.nn.dot_product_attention; cudnn needs bfloat16)")
-  p.add_argument("--remat", action="store_true", help="rematerialise both towers' blocks")
+  p.add_argument("--remat", nargs="?", const="full", default=None, choices=("full", "dots"),
+                 help="rematerialise both towers' blocks: full (--remat alone) or keeping the "
+                      "weight matmuls' outputs (dots)")
   p.add_argument("--scan", choices=("on", "off"), default=None,
                  help="transformer blocks as one lax.scan, or unrolled (default: the model's)")
   p.add_argument("--steps", type=int, default=10)
@@ -317,7 +319,7 @@ def run():
   mc = models.get_config(config.model.name, **config.model.overrides.to_dict())
   figures = {"backend": jax.default_backend(), "device_kind": jax.devices()[0].device_kind,
              "attention": config.model.overrides.get("attention", "einsum"),
-             "remat": bool(args.remat), "scan": _scanned(mc)}
+             "remat": args.remat or False, "scan": _scanned(mc)}
   dtype = config.model.overrides.get("dtype", "float32")
   step, run_step, compiled = train_step_figures(config, args.steps, args.warmup)
   peak = matmul_flops_per_sec(dtype=dtype)

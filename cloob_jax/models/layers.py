@@ -11,6 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from cloob_jax import errors
 from cloob_jax.models import towers
 
 Dtype = Any
@@ -182,8 +183,27 @@ def scans(scan: bool | None, width: int) -> bool:
   return scan
 
 
+# A tower's `remat`: what its blocks keep for the backward pass. "full" (or True) keeps only
+# each block's input and recomputes the rest; "dots" also keeps the outputs of the matmuls
+# with a weight (no batch dimensions), recomputing norms, activations and attention scores.
+REMAT_POLICIES = {"full": None, "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
+
+
+def remat_policy(remat: bool | str) -> tuple[bool, Callable | None]:
+  """A tower's `remat` (False, True = "full", or a REMAT_POLICIES name) -> (rematerialise,
+  the jax.checkpoint policy); anything else is refused in one line."""
+  if remat is False or remat is None:
+    return False, None
+  name = "full" if remat is True else remat
+  if not isinstance(name, str) or name not in REMAT_POLICIES:
+    raise errors.UserError(f"remat={remat!r}: expected False, True or one of "
+                           f"{', '.join(map(repr, REMAT_POLICIES))}")
+  return True, REMAT_POLICIES[name]
+
+
 class Transformer(nn.Module):
-  """A stack of `layers` residual attention blocks, optionally rematerialised (grad checkpointing).
+  """A stack of `layers` residual attention blocks, optionally rematerialised (grad checkpointing;
+  `remat`: False, True / "full" or "dots", see `remat_policy`).
 
   scan: run the blocks as one `lax.scan` over their stacked parameters instead of unrolled
   (one block compiled instead of `layers`); None: `scans`'s default. The parameters keep the
@@ -202,7 +222,7 @@ class Transformer(nn.Module):
   heads: int
   mlp_ratio: float = 4.0
   quick_gelu: bool = False
-  remat: bool = False
+  remat: bool | str = False
   dtype: Dtype = jnp.float32
   attention: str = "einsum"  # layers.attention's implementation
   causal: bool = False       # `mask` is causal (the text tower)
@@ -218,7 +238,8 @@ class Transformer(nn.Module):
     if scans(self.scan, self.width) and not self.is_initializing():
       x = self._scanned(x, mask, rows if pool_last else None)
     else:
-      block = nn.remat(ResidualAttentionBlock) if self.remat else ResidualAttentionBlock
+      remat, policy = remat_policy(self.remat)
+      block = nn.remat(ResidualAttentionBlock, policy=policy) if remat else ResidualAttentionBlock
       for i in range(self.layers):
         last = pool_last and i == self.layers - 1
         x = block(*self._block_args(), name=f"resblocks_{i}")(x, mask, rows if last else None)
@@ -237,8 +258,9 @@ class Transformer(nn.Module):
     def last(y, block_params):
       return block.apply({"params": block_params}, y, mask, last_rows)
 
-    if self.remat:
-      body, last = jax.checkpoint(body), jax.checkpoint(last)
+    remat, policy = remat_policy(self.remat)
+    if remat:
+      body, last = jax.checkpoint(body, policy=policy), jax.checkpoint(last, policy=policy)
     scanned = self.layers - (last_rows is not None)
     if scanned:
       stacked = jax.tree.map(lambda *p: jnp.stack(p),

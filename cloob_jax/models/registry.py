@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 from cloob_jax import errors
 from cloob_jax.models import towers
-from cloob_jax.models.layers import ATTENTION
+from cloob_jax.models.layers import ATTENTION, remat_policy
 from cloob_jax.models.two_tower import TwoTower
 # The tower kinds register themselves on import, in this order (the order `known:` lists).
 from cloob_jax.models.vit import ViTConfig  # pylint: disable=g-bad-import-order
@@ -133,6 +133,11 @@ def get_config(name: str, **overrides) -> ModelConfig:
   if config.attention == "cudnn" and config.dtype not in ("bfloat16", "float16"):
     raise errors.UserError(f"attention='cudnn' needs dtype bfloat16 or float16, not "
                            f"{config.dtype!r}")
+  for tower in ("vision", "text"):
+    try:
+      remat_policy(getattr(getattr(config, tower), "remat", False))
+    except errors.UserError as e:
+      raise errors.UserError(f"model override {tower}.{e}") from None
   return config
 
 

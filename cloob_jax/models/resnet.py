@@ -19,7 +19,7 @@ class ModifiedResNetConfig(towers.TowerConfig):
   layers: tuple[int, ...] = (3, 4, 6, 3)  # Bottleneck blocks per stage
   width: int = 64  # the stem's width; stage i has width * 2**i planes
   head_width: int = 64  # of the attention pool: heads = width * 32 // head_width
-  remat: bool = False  # rematerialise each block in the backward pass
+  remat: bool | str = False  # rematerialise the blocks: True or "full", "dots" (remat_policy)
 
   # `layer2_1` is torch's Sequential entry `layer2.1`; a block's downsample Sequential.
   torch_names = towers.TorchNames(lists=(r"layer\d",), modules={
@@ -107,7 +107,7 @@ class ModifiedResNet(nn.Module):
   layers: Sequence[int] = (3, 4, 6, 3)
   width: int = 64
   head_width: int = 64
-  remat: bool = False
+  remat: bool | str = False  # nnl.remat_policy
   dtype: nnl.Dtype = jnp.float32
 
   @nn.compact
@@ -117,7 +117,8 @@ class ModifiedResNet(nn.Module):
     stem = [(self.width // 2, 2), (self.width // 2, 1), (self.width, 1)]
     x = nnl.conv_bn_relu_layers(x, stem, train, self.dtype)
     x = _avg_pool(x, 2)
-    block = nn.remat(Bottleneck, static_argnums=(2,)) if self.remat else Bottleneck
+    remat, policy = nnl.remat_policy(self.remat)
+    block = nn.remat(Bottleneck, static_argnums=(2,), policy=policy) if remat else Bottleneck
     for stage, blocks in enumerate(self.layers):
       planes = self.width * 2**stage
       for j in range(blocks):

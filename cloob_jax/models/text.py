@@ -19,7 +19,7 @@ class TextConfig(towers.TowerConfig):
   heads: int = 8
   layers: int = 12
   mlp_ratio: float = 4.0
-  remat: bool = False  # rematerialise each block in the backward pass
+  remat: bool | str = False  # rematerialise the blocks: True or "full", "dots" (remat_policy)
   scan: bool | None = None  # the blocks as one lax.scan; None: layers.scans decides
 
   torch_names = nnl.TRANSFORMER_TORCH_NAMES
@@ -49,7 +49,7 @@ class TextTransformer(nn.Module):
   layers: int = 12
   mlp_ratio: float = 4.0
   quick_gelu: bool = False
-  remat: bool = False
+  remat: bool | str = False
   dtype: nnl.Dtype = jnp.float32
   attention: str = "einsum"  # layers.attention's implementation
   scan: bool | None = None
