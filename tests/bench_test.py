@@ -118,6 +118,23 @@ def test_train_bench_counts_a_scanned_step_as_the_unrolled_one():
   assert ratio == 1.0, figures
 
 
+def test_train_bench_gives_both_towers_the_remat_policy_asked_for():
+  import types
+  from cloob_jax import config_lib
+  from cloob_jax import models
+  for remat, expected in (("full", "full"), ("dots", "dots"), ("off", False)):
+    config = config_lib.load_config_file("configs/demo.py:tiny=True,evals=False")
+    bench_train._tower_overrides(config, types.SimpleNamespace(remat=remat, scan="on"))
+    built = models.get_config(config.model.name, **config.model.overrides.to_dict())
+    assert built.vision.remat == built.text.remat == expected
+    assert bench_train._remat(built) == expected
+  # Without --remat the model's default: "dots" for blocks that scan on XLA:CPU.
+  config = config_lib.load_config_file("configs/demo.py:tiny=True,evals=False")
+  bench_train._tower_overrides(config, types.SimpleNamespace(remat=None, scan="on"))
+  built = models.get_config(config.model.name, **config.model.overrides.to_dict())
+  assert built.vision.remat is None and bench_train._remat(built) == "dots"
+
+
 def test_data_bench_compares_fast_auto_and_pillow_in_one_run():
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
   proc = subprocess.run([sys.executable, "-m", "cloob_jax.bench", "data", "--decoder=fast",

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -22,13 +23,14 @@ import tempfile
 
 # name -> (what it changes, XLA flags added to the environment's, `bench train` arguments).
 LEVERS = {
-    "baseline": ("the defaults: one device, XLA's threads, transformers scanned on XLA:CPU "
-                 "from width 512, einsum attention", "", ()),
+    "baseline": ("the defaults: one device, XLA's threads, transformers of width >= 512 "
+                 "scanned with remat='dots' on XLA:CPU, einsum attention", "", ()),
     "scan_off": ("transformer blocks unrolled", "", ("--scan=off",)),
     "attention_xla": ("jax.nn.dot_product_attention (implementation='xla')", "",
                       ("--attention=xla",)),
-    "remat_dots": ("blocks rematerialised, keeping the weight matmuls' outputs (fewer "
-                   "stacked buffers in the scan)", "", ("--remat=dots",)),
+    "remat_off": ("blocks not rematerialised (the scan keeps every intermediate)", "",
+                  ("--remat=off",)),
+    "remat_full": ("blocks rematerialised from their inputs", "", ("--remat=full",)),
     "devices2": ("two virtual CPU devices, the batch split over a 2-device data-parallel mesh",
                  "--xla_force_host_platform_device_count=2", ()),
     "devices2_1thread": ("as devices2, Eigen single-threaded (one thread per device)",
@@ -57,11 +59,13 @@ def _parse(argv):
   p.add_argument("--levers", default=",".join(LEVERS),
                  help="comma-separated, from: " + ", ".join(LEVERS) + " (baseline always runs)")
   p.add_argument("--no_torch", action="store_true", help="do not time open_clip's step")
+  p.add_argument("--timeout", type=float, default=1800,
+                 help="seconds one lever's process may take before it counts as failed")
   p.add_argument("--json", default=None, help="also write the figures to this file")
   return p.parse_args(argv)
 
 
-def _run_one(name, args, folder, round_index, torch):
+def _run_one(name, args, folder, round_index, torch, timeout):
   """One `bench train` process for lever `name` -> its figures, or {"error": last line}."""
   _, flags, extra = LEVERS[name]
   out = os.path.join(folder, f"{name}.{round_index}.json")
@@ -73,39 +77,51 @@ def _run_one(name, args, folder, round_index, torch):
     cmd += ["--torch", "--rounds=1"]
   env = dict(os.environ)
   env["XLA_FLAGS"] = " ".join(f for f in (env.get("XLA_FLAGS", ""), flags) if f)
-  proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+  try:
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False,
+                          timeout=timeout)
+  except subprocess.TimeoutExpired:
+    return {"error": f"no result within --timeout={timeout} s"}
   if proc.returncode != 0 or not os.path.exists(out):
     lines = (proc.stderr or proc.stdout).strip().splitlines() or [f"exit {proc.returncode}"]
-    return {"error": lines[-1]}
+    named = [line for line in lines if re.search(r"error|^F\d{4}", line, re.IGNORECASE)]
+    return {"error": (named or lines)[-1].strip()}
   with open(out) as f:
     return json.load(f)
 
 
 def run(argv=None):
   args = _parse(sys.argv[1:] if argv is None else argv)
-  names = ["baseline"] + [n.strip() for n in args.levers.split(",")
-                          if n.strip() and n.strip() != "baseline"]
+  names = list(dict.fromkeys(["baseline"] + [n.strip() for n in args.levers.split(",")
+                                              if n.strip()]))
   unknown = [n for n in names if n not in LEVERS]
   if unknown:
     raise SystemExit(f"error: --levers: unknown lever(s) {', '.join(unknown)}; "
                      f"known: {', '.join(LEVERS)}")
+  if args.rounds < 1:
+    raise SystemExit(f"error: --rounds={args.rounds}: at least one round")
   results = {n: [] for n in names}
   with tempfile.TemporaryDirectory(prefix="cloob_jax_levers_") as folder:
-    for r in range(max(1, args.rounds)):
+    for r in range(args.rounds):
       for name in names:
-        fig = _run_one(name, args, folder, r, torch=name == "baseline" and not args.no_torch)
+        fig = _run_one(name, args, folder, r, torch=name == "baseline" and not args.no_torch,
+                       timeout=args.timeout)
         results[name].append(fig)
         status = fig.get("error") or f"step {fig['step_s'] * 1e3:.0f} ms"
         print(f"round {r + 1} {name}: {status}", flush=True)
+        if name == "baseline" and "error" in fig:
+          raise SystemExit(f"error: the baseline failed in round {r + 1}: {fig['error']}")
 
   base = results["baseline"]
-  if any("error" in f for f in base):
-    raise SystemExit(f"error: the baseline failed: {next(f for f in base if 'error' in f)}")
   first = base[0]
   print(f"\n{first['model']} {first['dtype']} batch {first['batch_size']} ({first['method']}), "
         f"{len(base)} round(s) of {args.steps} steps; matmul "
         f"{statistics.median(f['matmul_flops_per_s'] for f in base) / 1e9:.0f} GFLOP/s "
         "(the baseline's runs)")
+  inherited = os.environ.get("XLA_FLAGS", "")
+  if inherited:
+    print(f"  every process also had XLA_FLAGS={inherited!r} from the environment (a lever's "
+          "own flags come after, so they win)")
   torch_s = [f.get("open_clip_step_s") for f in base]
   rows = {}
   print(f"  {'lever':17s} {'devices':>7s} {'step ms by round':>17s} {'/baseline':>10s} "
@@ -115,7 +131,8 @@ def run(argv=None):
     ok = [(f["step_s"], b["step_s"], t) for f, b, t in zip(figs, base, torch_s)
           if "error" not in f]
     row = {"description": LEVERS[name][0], "xla_flags": LEVERS[name][1],
-           "args": list(LEVERS[name][2]), "step_s": [f.get("step_s") for f in figs]}
+           "args": list(LEVERS[name][2]), "step_s": [f.get("step_s") for f in figs],
+           "errors": [f.get("error") for f in figs]}
     if ok:
       row["vs_baseline"] = statistics.median(s / b for s, b, _ in ok)
       if all(t for _, _, t in ok):
@@ -130,12 +147,14 @@ def run(argv=None):
       print(f"  {name:17s} {'':7s} {'failed':>17s} {'':10s} {'':11s}  {row['error']}")
     rows[name] = row
   if all(torch_s):
-    print(f"  open_clip's step by round: "
+    print("  open_clip's step by round: "
           + "/".join(f"{t * 1e3:.0f}" for t in torch_s) + " ms")
   if args.json:
     from cloob_jax import paths  # pylint: disable=g-import-not-at-top
     paths.write_text(args.json, json.dumps({"model": first["model"],
                                             "batch_size": first["batch_size"],
+                                            "dtype": first["dtype"], "method": first["method"],
+                                            "inherited_xla_flags": inherited,
                                             "rounds": len(base), "steps": args.steps,
                                             "open_clip_step_s": torch_s, "levers": rows},
                                            indent=2))

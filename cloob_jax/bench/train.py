@@ -27,9 +27,11 @@ def _parse(argv):
   p.add_argument("--method", default=None)
   p.add_argument("--attention", default=None,
                  help="einsum | xla | cudnn (jax.nn.dot_product_attention; cudnn needs bfloat16)")
-  p.add_argument("--remat", nargs="?", const="full", default=None, choices=("full", "dots"),
-                 help="rematerialise both towers' blocks: full (--remat alone) or keeping the "
-                      "weight matmuls' outputs (dots)")
+  p.add_argument("--remat", nargs="?", const="full", default=None,
+                 choices=("off", "full", "dots"),
+                 help="both towers' blocks rematerialised: full (--remat alone), keeping the "
+                      "weight matmuls' outputs (dots), or off (default: the model's; "
+                      "transformers that scan on XLA:CPU take dots)")
   p.add_argument("--scan", choices=("on", "off"), default=None,
                  help="transformer blocks as one lax.scan, or unrolled (default: the model's)")
   p.add_argument("--steps", type=int, default=10)
@@ -124,7 +126,7 @@ def _tower_overrides(config, args):
     fields = {f.name for f in dataclasses.fields(getattr(base, tower))}
     extra = dict(config.model.overrides.get(tower, {}))
     if args.remat:
-      extra["remat"] = True
+      extra["remat"] = False if args.remat == "off" else args.remat
     if args.scan and "scan" in fields:
       extra["scan"] = args.scan == "on"
     if extra:
@@ -137,6 +139,18 @@ def _scanned(model_config) -> list[str]:
   return [t for t in ("vision", "text")
           if layers.scans(getattr(getattr(model_config, t), "scan", False),
                           getattr(getattr(model_config, t), "width", 0))]
+
+
+def _remat(model_config) -> str | bool:
+  """The towers' remat as they run (layers.effective_remat): one value when they agree, else
+  'vision=...,text=...'."""
+  from cloob_jax.models import layers
+  scanned = _scanned(model_config)
+  values = {t: layers.effective_remat(getattr(getattr(model_config, t), "remat", False),
+                                      t in scanned) for t in ("vision", "text")}
+  if values["vision"] == values["text"]:
+    return values["vision"]
+  return ",".join(f"{t}={v}" for t, v in values.items())
 
 
 def _unrolled_flops(config, scanned, state, batch) -> float:
@@ -319,7 +333,7 @@ def run():
   mc = models.get_config(config.model.name, **config.model.overrides.to_dict())
   figures = {"backend": jax.default_backend(), "device_kind": jax.devices()[0].device_kind,
              "attention": config.model.overrides.get("attention", "einsum"),
-             "remat": args.remat or False, "scan": _scanned(mc)}
+             "remat": _remat(mc), "scan": _scanned(mc)}
   dtype = config.model.overrides.get("dtype", "float32")
   step, run_step, compiled = train_step_figures(config, args.steps, args.warmup)
   peak = matmul_flops_per_sec(dtype=dtype)

@@ -183,27 +183,47 @@ def scans(scan: bool | None, width: int) -> bool:
   return scan
 
 
+def _weight_ops_saveable(prim, *args, **params) -> bool:
+  """jax.checkpoint policy: keep the outputs of convolutions and of matmuls with a weight
+  (dots without batch dimensions), recompute everything else."""
+  return (prim is jax.lax.conv_general_dilated_p
+          or jax.checkpoint_policies.dots_with_no_batch_dims_saveable(prim, *args, **params))
+
+
 # A tower's `remat`: what its blocks keep for the backward pass. "full" (or True) keeps only
 # each block's input and recomputes the rest; "dots" also keeps the outputs of the matmuls
-# with a weight (no batch dimensions), recomputing norms, activations and attention scores.
-REMAT_POLICIES = {"full": None, "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
+# and convolutions with a weight, recomputing norms, activations and attention scores.
+# None (the transformers' default) is "dots" for blocks that run as a scan on XLA:CPU and no
+# remat elsewhere: there the scan's stacked buffers of every intermediate cost more than the
+# recomputation (`python -m cloob_jax.bench levers --levers=remat_dots` on a 2-core CPU:
+# ViT-B/32 at batch 32 takes 0.91-0.92x the step without remat).
+REMAT_POLICIES = {"full": None, "dots": _weight_ops_saveable}
 
 
-def remat_policy(remat: bool | str) -> tuple[bool, Callable | None]:
-  """A tower's `remat` (False, True = "full", or a REMAT_POLICIES name) -> (rematerialise,
-  the jax.checkpoint policy); anything else is refused in one line."""
-  if remat is False or remat is None:
-    return False, None
-  name = "full" if remat is True else remat
-  if not isinstance(name, str) or name not in REMAT_POLICIES:
-    raise errors.UserError(f"remat={remat!r}: expected False, True or one of "
+def effective_remat(remat: bool | str | None, scanned: bool = False) -> bool | str:
+  """A tower's `remat` as it runs: False, "full" or a REMAT_POLICIES name. True/1 is "full",
+  0 is False, None is "dots" for `scanned` blocks on XLA:CPU, else False; anything else is
+  refused in one line."""
+  if remat is None:
+    return "dots" if scanned and jax.default_backend() == "cpu" else False
+  if not isinstance(remat, str) and remat in (0, 1):
+    return "full" if remat else False
+  if not isinstance(remat, str) or remat not in REMAT_POLICIES:
+    raise errors.UserError(f"remat={remat!r}: expected None, False, True or one of "
                            f"{', '.join(map(repr, REMAT_POLICIES))}")
-  return True, REMAT_POLICIES[name]
+  return remat
+
+
+def remat_policy(remat: bool | str | None,
+                 scanned: bool = False) -> tuple[bool, Callable | None]:
+  """-> (rematerialise, the jax.checkpoint policy) for a tower's `remat` (`effective_remat`)."""
+  name = effective_remat(remat, scanned)
+  return (False, None) if name is False else (True, REMAT_POLICIES[name])
 
 
 class Transformer(nn.Module):
   """A stack of `layers` residual attention blocks, optionally rematerialised (grad checkpointing;
-  `remat`: False, True / "full" or "dots", see `remat_policy`).
+  `remat`: None, False, True / "full" or "dots", see `effective_remat`).
 
   scan: run the blocks as one `lax.scan` over their stacked parameters instead of unrolled
   (one block compiled instead of `layers`); None: `scans`'s default. The parameters keep the
@@ -222,7 +242,7 @@ class Transformer(nn.Module):
   heads: int
   mlp_ratio: float = 4.0
   quick_gelu: bool = False
-  remat: bool | str = False
+  remat: bool | str | None = None
   dtype: Dtype = jnp.float32
   attention: str = "einsum"  # layers.attention's implementation
   causal: bool = False       # `mask` is causal (the text tower)
@@ -258,7 +278,7 @@ class Transformer(nn.Module):
     def last(y, block_params):
       return block.apply({"params": block_params}, y, mask, last_rows)
 
-    remat, policy = remat_policy(self.remat)
+    remat, policy = remat_policy(self.remat, scanned=True)
     if remat:
       body, last = jax.checkpoint(body, policy=policy), jax.checkpoint(last, policy=policy)
     scanned = self.layers - (last_rows is not None)

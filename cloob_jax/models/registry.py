@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 from cloob_jax import errors
 from cloob_jax.models import towers
-from cloob_jax.models.layers import ATTENTION, remat_policy
+from cloob_jax.models.layers import ATTENTION, effective_remat
 from cloob_jax.models.two_tower import TwoTower
 # The tower kinds register themselves on import, in this order (the order `known:` lists).
 from cloob_jax.models.vit import ViTConfig  # pylint: disable=g-bad-import-order
@@ -135,7 +135,7 @@ def get_config(name: str, **overrides) -> ModelConfig:
                            f"{config.dtype!r}")
   for tower in ("vision", "text"):
     try:
-      remat_policy(getattr(getattr(config, tower), "remat", False))
+      effective_remat(getattr(getattr(config, tower), "remat", False))
     except errors.UserError as e:
       raise errors.UserError(f"model override {tower}.{e}") from None
   return config

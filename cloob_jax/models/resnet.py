@@ -19,7 +19,7 @@ class ModifiedResNetConfig(towers.TowerConfig):
   layers: tuple[int, ...] = (3, 4, 6, 3)  # Bottleneck blocks per stage
   width: int = 64  # the stem's width; stage i has width * 2**i planes
   head_width: int = 64  # of the attention pool: heads = width * 32 // head_width
-  remat: bool | str = False  # rematerialise the blocks: True or "full", "dots" (remat_policy)
+  remat: bool | str = False  # rematerialise the blocks: True or "full", "dots" (effective_remat)
 
   # `layer2_1` is torch's Sequential entry `layer2.1`; a block's downsample Sequential.
   torch_names = towers.TorchNames(lists=(r"layer\d",), modules={
@@ -107,7 +107,7 @@ class ModifiedResNet(nn.Module):
   layers: Sequence[int] = (3, 4, 6, 3)
   width: int = 64
   head_width: int = 64
-  remat: bool | str = False  # nnl.remat_policy
+  remat: bool | str = False  # nnl.effective_remat
   dtype: nnl.Dtype = jnp.float32
 
   @nn.compact
