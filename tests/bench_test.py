@@ -23,7 +23,7 @@ def test_device_check_cpu_mode_prints_one_row_per_case(tmp_path):
   assert len(rows) == 2, proc.stdout + proc.stderr
   cells = [[c.strip() for c in row.strip("|").split("|")] for row in rows]
   assert [c[1] for c in cells] == ["clip", "cloob"] and [c[4] for c in cells] == ["einsum", "xla"]
-  assert [c[5] for c in cells] == ["no", "dots"]  # remat off, keeping the matmuls' outputs
+  assert [c[5] for c in cells] == ["no", "full"]  # the default unscanned (none), --remat=full
   assert [c[6] for c in cells] == ["no", "vision+text"]  # scan over layers off, on
   assert all(float(c[9]) > 0 and float(c[8]) > 0 for c in cells)  # images/s, step ms
   assert "device: cpu" in proc.stdout
@@ -175,3 +175,30 @@ def test_levers_bench_runs_each_lever_in_its_own_process_and_reports_a_failed_on
   assert "round 1 broken: " in printed and "failed" in printed
   with pytest.raises(SystemExit, match="unknown lever"):
     levers.run(["--levers=nonesuch"])
+
+
+def test_levers_bench_runs_each_lever_once_per_round_and_stops_on_a_failed_baseline(
+    monkeypatch, capsys):
+  import pytest
+  from cloob_jax.bench import levers
+  calls = []
+
+  def fake_run(name, args, folder, round_index, torch, timeout):
+    del args, folder, timeout
+    calls.append((round_index, name, torch))
+    return {"step_s": 1.0 if name == "baseline" else 0.5, "devices": 1, "model": "m",
+            "dtype": "float32", "batch_size": 8, "method": "clip",
+            "matmul_flops_per_s": 1e9, "open_clip_step_s": 2.0 if torch else None}
+
+  monkeypatch.setattr(levers, "_run_one", fake_run)
+  levers.run(["--levers=scan_off,scan_off,baseline", "--rounds=2"])
+  assert calls == [(0, "baseline", True), (0, "scan_off", False),
+                   (1, "baseline", True), (1, "scan_off", False)]
+  row = [line for line in capsys.readouterr().out.splitlines()
+         if line.strip().startswith("scan_off")]
+  assert len(row) == 1 and row[0].split()[2:5] == ["500/500", "0.50", "0.25"], row
+  with pytest.raises(SystemExit, match="at least one round"):
+    levers.run(["--rounds=0"])
+  monkeypatch.setattr(levers, "_run_one", lambda *a, **k: {"error": "boom"})
+  with pytest.raises(SystemExit, match="the baseline failed in round 1: boom"):
+    levers.run(["--levers=scan_off"])

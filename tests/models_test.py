@@ -142,10 +142,21 @@ def test_each_remat_policy_keeps_what_it_says_for_the_backward_pass(name, tower,
 
 def test_an_unknown_remat_policy_is_refused_in_one_line_naming_the_tower():
   with pytest.raises(errors.UserError,
-                     match=r"vision\.remat='dot': expected None, False, True or one of 'full', "
-                           r"'dots'"):
+                     match=r"vision\.remat='dot': expected None, False, True, 'off' or one of "
+                           r"'full', 'dots'"):
     models.get_config("ViT-tiny", vision=dict(remat="dot"))
   assert models.get_config("RN-tiny", text=dict(remat="full")).text.remat == "full"
+
+
+def test_remat_none_is_dots_for_scanned_blocks_on_cpu_only(monkeypatch):
+  from cloob_jax.models import layers
+  assert [layers.effective_remat(r) for r in (None, False, 0, "off", True, 1, "full", "dots")] \
+      == [False, False, False, False, "full", "full", "full", "dots"]
+  assert layers.effective_remat(None, scanned=True) == "dots"  # the suite runs on XLA:CPU
+  assert layers.effective_remat(False, scanned=True) is False
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  assert layers.effective_remat(None, scanned=True) is False
+  assert layers.remat_policy("dots", scanned=True) == (True, layers.REMAT_POLICIES["dots"])
 
 
 def test_scanned_towers_under_fsdp_on_8_devices_equal_one_device():

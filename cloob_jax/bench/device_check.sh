@@ -31,9 +31,9 @@ if [[ -n "${WHEELS:-}" ]]; then
   "$PYTHON" -m pip install -q --no-index --no-deps -e .
 fi
 
-# model method batch attention remat(0/full/dots) scan(on/off)
+# model method batch attention remat(0 = the model's default/off/full/dots) scan(on/off)
 if [[ "$MODE" == cpu ]]; then
-  CASES=("ViT-tiny clip 8 einsum 0 off" "ViT-tiny cloob 8 xla dots on")
+  CASES=("ViT-tiny clip 8 einsum 0 off" "ViT-tiny cloob 8 xla full on")
   STEPS=(--steps=1 --warmup=0 --dtype=float32)
 else
   CASES=(

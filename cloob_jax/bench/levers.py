@@ -4,8 +4,8 @@ Each lever is `bench train` with other XLA flags or model overrides, run in a pr
 own (XLA reads its flags once per process). In every round the baseline runs first, with
 open_clip's PyTorch step for the same model and batch timed in the same process, then each
 lever in turn; the table gives each lever's step time by round, its median ratio to the
-baseline and to open_clip's step of the same round. A lever that fails prints its last line
-and the others go on.
+baseline and to open_clip's step of the same round. A lever that fails prints its error line
+and the others go on; a failed baseline ends the run.
 
     python -m cloob_jax.bench levers --config=configs/demo.py --model=ViT-B/32 --batch_size=32
 """
@@ -84,7 +84,8 @@ def _run_one(name, args, folder, round_index, torch, timeout):
     return {"error": f"no result within --timeout={timeout} s"}
   if proc.returncode != 0 or not os.path.exists(out):
     lines = (proc.stderr or proc.stdout).strip().splitlines() or [f"exit {proc.returncode}"]
-    named = [line for line in lines if re.search(r"error|^F\d{4}", line, re.IGNORECASE)]
+    named = [line for line in lines
+             if re.search(r"^\w+(\.\w+)*(Error|Exception|Exit)\b|^F\d{4}|^error:", line)]
     return {"error": (named or lines)[-1].strip()}
   with open(out) as f:
     return json.load(f)

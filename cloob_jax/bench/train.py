@@ -153,16 +153,27 @@ def _remat(model_config) -> str | bool:
   return ",".join(f"{t}={v}" for t, v in values.items())
 
 
-def _unrolled_flops(config, scanned, state, batch) -> float:
-  """FLOPs per device of the step with every tower unrolled, for the same parameters: XLA's
-  cost analysis counts a scan's body once. Compiled (not only lowered): the partitioned
-  module is what is counted per device, replicated work (the optimizer update) included."""
+def _model_flops(config, scanned, rematerialised, state, batch) -> float:
+  """Model FLOPs per device: the step with the `scanned` towers unrolled and none
+  rematerialised, for the same parameters (XLA's cost analysis counts a scan's body once, and
+  recomputation is not model work). Compiled (not only lowered): the partitioned module is
+  what is counted per device, replicated work (the optimizer update) included."""
   import copy
   from cloob_jax import train
   config = copy.deepcopy(config)
-  for tower in scanned:  # the towers that scan
-    config.model.overrides[tower] = dict(config.model.overrides.get(tower, {}), scan=False)
+  for tower in set(scanned) | set(rematerialised):
+    plain = dict({"scan": False} if tower in scanned else {}, remat=False)
+    config.model.overrides[tower] = dict(config.model.overrides.get(tower, {}), **plain)
   return _flops(train.create_train_setup(config).step.lower(state, batch).compile())
+
+
+def _rematerialised(model_config) -> list[str]:
+  """The towers whose blocks run rematerialised (layers.effective_remat)."""
+  from cloob_jax.models import layers
+  scanned = _scanned(model_config)
+  return [t for t in ("vision", "text")
+          if layers.effective_remat(getattr(getattr(model_config, t), "remat", False),
+                                    t in scanned)]
 
 
 def train_step_figures(config, steps, warmup):
@@ -183,8 +194,9 @@ def train_step_figures(config, steps, warmup):
   t0 = time.perf_counter()
   compiled = step.lower(state, batch).compile()
   compile_s = time.perf_counter() - t0
-  scanned = _scanned(model_config)
-  flops = _unrolled_flops(config, scanned, state, batch) if scanned else _flops(compiled)
+  scanned, rematerialised = _scanned(model_config), _rematerialised(model_config)
+  flops = (_model_flops(config, scanned, rematerialised, state, batch)
+           if scanned or rematerialised else _flops(compiled))
   holder = {"state": state}
 
   def run():

@@ -195,21 +195,23 @@ def _weight_ops_saveable(prim, *args, **params) -> bool:
 # and convolutions with a weight, recomputing norms, activations and attention scores.
 # None (the transformers' default) is "dots" for blocks that run as a scan on XLA:CPU and no
 # remat elsewhere: there the scan's stacked buffers of every intermediate cost more than the
-# recomputation (`python -m cloob_jax.bench levers --levers=remat_dots` on a 2-core CPU:
-# ViT-B/32 at batch 32 takes 0.91-0.92x the step without remat).
+# recomputation (on a 2-core CPU ViT-B/32 at batch 32 took 0.91-0.92x the step without remat:
+# `python -m cloob_jax.bench levers --levers=remat_off` compares the two).
 REMAT_POLICIES = {"full": None, "dots": _weight_ops_saveable}
 
 
 def effective_remat(remat: bool | str | None, scanned: bool = False) -> bool | str:
   """A tower's `remat` as it runs: False, "full" or a REMAT_POLICIES name. True/1 is "full",
-  0 is False, None is "dots" for `scanned` blocks on XLA:CPU, else False; anything else is
-  refused in one line."""
+  0 and "off" are False, None is "dots" for `scanned` blocks on XLA:CPU, else False; anything
+  else is refused in one line."""
   if remat is None:
     return "dots" if scanned and jax.default_backend() == "cpu" else False
   if not isinstance(remat, str) and remat in (0, 1):
     return "full" if remat else False
+  if remat == "off":
+    return False
   if not isinstance(remat, str) or remat not in REMAT_POLICIES:
-    raise errors.UserError(f"remat={remat!r}: expected None, False, True or one of "
+    raise errors.UserError(f"remat={remat!r}: expected None, False, True, 'off' or one of "
                            f"{', '.join(map(repr, REMAT_POLICIES))}")
   return remat
 
