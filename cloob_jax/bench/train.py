@@ -141,13 +141,17 @@ def _scanned(model_config) -> list[str]:
                           getattr(getattr(model_config, t), "width", 0))]
 
 
-def _remat(model_config) -> str | bool:
-  """The towers' remat as they run (layers.effective_remat): one value when they agree, else
-  'vision=...,text=...'."""
+def _effective_remat(model_config) -> dict[str, str | bool]:
+  """{tower: its remat as it runs} (layers.effective_remat)."""
   from cloob_jax.models import layers
   scanned = _scanned(model_config)
-  values = {t: layers.effective_remat(getattr(getattr(model_config, t), "remat", False),
-                                      t in scanned) for t in ("vision", "text")}
+  return {t: layers.effective_remat(getattr(getattr(model_config, t), "remat", False),
+                                    t in scanned) for t in ("vision", "text")}
+
+
+def _remat(model_config) -> str | bool:
+  """The towers' remat as they run: one value when they agree, else 'vision=...,text=...'."""
+  values = _effective_remat(model_config)
   if values["vision"] == values["text"]:
     return values["vision"]
   return ",".join(f"{t}={v}" for t, v in values.items())
@@ -165,15 +169,6 @@ def _model_flops(config, scanned, rematerialised, state, batch) -> float:
     plain = dict({"scan": False} if tower in scanned else {}, remat=False)
     config.model.overrides[tower] = dict(config.model.overrides.get(tower, {}), **plain)
   return _flops(train.create_train_setup(config).step.lower(state, batch).compile())
-
-
-def _rematerialised(model_config) -> list[str]:
-  """The towers whose blocks run rematerialised (layers.effective_remat)."""
-  from cloob_jax.models import layers
-  scanned = _scanned(model_config)
-  return [t for t in ("vision", "text")
-          if layers.effective_remat(getattr(getattr(model_config, t), "remat", False),
-                                    t in scanned)]
 
 
 def train_step_figures(config, steps, warmup):
@@ -194,7 +189,8 @@ def train_step_figures(config, steps, warmup):
   t0 = time.perf_counter()
   compiled = step.lower(state, batch).compile()
   compile_s = time.perf_counter() - t0
-  scanned, rematerialised = _scanned(model_config), _rematerialised(model_config)
+  scanned = _scanned(model_config)
+  rematerialised = [t for t, remat in _effective_remat(model_config).items() if remat]
   flops = (_model_flops(config, scanned, rematerialised, state, batch)
            if scanned or rematerialised else _flops(compiled))
   holder = {"state": state}
