@@ -72,6 +72,9 @@ def test_train_bench_times_open_clip_alternately_for_a_model_open_clip_does_not_
   figures = json.loads(out.read_text())
   assert len(figures["rounds"]) == 2
   assert all(r["step_s"] > 0 and r["open_clip_step_s"] > 0 for r in figures["rounds"])
+  host = figures["host_per_step"]  # getrusage around the timed steps
+  assert host["user_s"] > 0 and host["system_s"] >= 0 and host["minor_faults"] >= 0, host
+  assert "host per step: " in proc.stdout and " minor page faults" in proc.stdout
   ratios = sorted(r["step_s"] / r["open_clip_step_s"] for r in figures["rounds"])
   assert figures["time_vs_open_clip"] == pytest.approx(sum(ratios) / 2)
   profile = figures["profile"]  # --profile=2: the per-op table of two traced steps
@@ -162,17 +165,28 @@ def test_levers_bench_runs_each_lever_in_its_own_process_and_reports_a_failed_on
   monkeypatch.chdir(REPO)
   monkeypatch.setitem(levers.LEVERS, "broken", ("an XLA flag that does not exist",
                                                 "--xla_cloob_jax_no_such_flag=1", ()))
+  bogus = tmp_path / "libbogus.so"
+  bogus.write_text("not a shared object")
+  monkeypatch.setitem(levers.LEVERS, "bad_preload", ("a file ld.so refuses", "", (),
+                                                     {"LD_PRELOAD": str(bogus)}))
+  monkeypatch.setitem(levers.LEVERS, "no_library", ("a library not installed", "", (),
+                                                    {"LD_PRELOAD": "cloob_jax_nonesuch"}))
   out = tmp_path / "levers.json"
   levers.run(["--config=configs/demo.py:tiny=True,evals=False", "--batch_size=8", "--steps=1",
-              "--warmup=1", "--rounds=1", "--levers=broken,devices2", "--no_torch",
-              f"--json={out}"])
+              "--warmup=1", "--rounds=1", "--levers=broken,devices2,bad_preload,no_library",
+              "--no_torch", f"--json={out}"])
   printed = capsys.readouterr().out
   rows = json.loads(out.read_text())["levers"]
-  assert list(rows) == ["baseline", "broken", "devices2"]
+  assert list(rows) == ["baseline", "broken", "devices2", "bad_preload", "no_library"]
   assert rows["baseline"]["vs_baseline"] == 1.0 and rows["baseline"]["devices"] == 1
   assert rows["devices2"]["devices"] == 2 and rows["devices2"]["step_s"][0] > 0
   assert "no_such_flag" in rows["broken"]["error"] and "vs_baseline" not in rows["broken"]
   assert "round 1 broken: " in printed and "failed" in printed
+  # ld.so would go on without the library and time the baseline again: the lever fails instead
+  assert "libbogus.so" in rows["bad_preload"]["error"], rows["bad_preload"]
+  assert "cannot be preloaded" in rows["bad_preload"]["error"]
+  assert rows["no_library"]["error"] == (
+      "libcloob_jax_nonesuch not found on this system (Debian/Ubuntu: apt install libjemalloc2)")
   with pytest.raises(SystemExit, match="unknown lever"):
     levers.run(["--levers=nonesuch"])
 
@@ -188,7 +202,8 @@ def test_levers_bench_runs_each_lever_once_per_round_and_stops_on_a_failed_basel
     calls.append((round_index, name, torch))
     return {"step_s": 1.0 if name == "baseline" else 0.5, "devices": 1, "model": "m",
             "dtype": "float32", "batch_size": 8, "method": "clip",
-            "matmul_flops_per_s": 1e9, "open_clip_step_s": 2.0 if torch else None}
+            "matmul_flops_per_s": 1e9,
+            "open_clip_step_s": (2.0 if name == "baseline" else 5.0) if torch else None}
 
   monkeypatch.setattr(levers, "_run_one", fake_run)
   levers.run(["--levers=scan_off,scan_off,baseline", "--rounds=2"])
@@ -197,6 +212,15 @@ def test_levers_bench_runs_each_lever_once_per_round_and_stops_on_a_failed_basel
   row = [line for line in capsys.readouterr().out.splitlines()
          if line.strip().startswith("scan_off")]
   assert len(row) == 1 and row[0].split()[2:5] == ["500/500", "0.50", "0.25"], row
+  # an allocator lever speeds PyTorch up too: open_clip is timed in its process, its ratio to that
+  calls.clear()
+  levers.run(["--levers=jemalloc", "--rounds=1"])
+  assert calls == [(0, "baseline", True), (0, "jemalloc", True)]
+  printed = capsys.readouterr().out.splitlines()
+  row = [line for line in printed if line.strip().startswith("jemalloc")]
+  assert len(row) == 1 and row[0].split()[2:5] == ["500", "0.50", "0.10"], row
+  assert "  open_clip's step in jemalloc's processes (its /open_clip is to these): 5000 ms" in (
+      printed)
   with pytest.raises(SystemExit, match="at least one round"):
     levers.run(["--rounds=0"])
   monkeypatch.setattr(levers, "_run_one", lambda *a, **k: {"error": "boom"})

@@ -4,7 +4,9 @@ Each lever is `bench train` with other XLA flags or model overrides, run in a pr
 own (XLA reads its flags once per process). In every round the baseline runs first, with
 open_clip's PyTorch step for the same model and batch timed in the same process, then each
 lever in turn; the table gives each lever's step time by round, its median ratio to the
-baseline and to open_clip's step of the same round. A lever that fails prints its error line
+baseline and to open_clip's step of the same round. A lever that changes the process's
+environment beyond XLA (the memory allocator) helps PyTorch as well, so open_clip is timed again
+in that lever's process and its ratio is to that time. A lever that fails prints its error line
 and the others go on; a failed baseline ends the run.
 
     python -m cloob_jax.bench levers --config=configs/demo.py --model=ViT-B/32 --batch_size=32
@@ -13,6 +15,8 @@ and the others go on; a failed baseline ends the run.
 from __future__ import annotations
 
 import argparse
+import collections
+import ctypes.util
 import json
 import os
 import re
@@ -21,7 +25,18 @@ import subprocess
 import sys
 import tempfile
 
-# name -> (what it changes, XLA flags added to the environment's, `bench train` arguments).
+# What a lever changes, the XLA flags it adds to the environment's, its `bench train`
+# arguments, and the other environment variables its process gets.
+Lever = collections.namedtuple("Lever", "description xla_flags args env", defaults=({},))
+
+# XLA:CPU allocates a step's temporary buffer (2 GiB for ViT-B/32 at batch 32) with malloc on
+# every execution, and glibc hands a block that large back to the kernel when it is freed, so
+# each step faults its pages in again (about 546k minor faults per step). Both levers keep freed
+# memory mapped; PyTorch's allocations go through the same malloc.
+_NO_DECAY = "dirty_decay_ms:-1,muzzy_decay_ms:-1"
+_GLIBC_KEEP = ("glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=1099511627776:"
+               "glibc.malloc.arena_max=1")
+
 LEVERS = {
     "baseline": ("the defaults: one device, XLA's threads, transformers of width >= 512 "
                  "scanned with remat='dots' on XLA:CPU, einsum attention", "", ()),
@@ -45,7 +60,24 @@ LEVERS = {
     "eigen_dots": ("XNNPACK off: dots through Eigen", "--xla_cpu_use_xnnpack=false", ()),
     "fast_math": ("LLVM fast math (changes float results: measured, never a default)",
                   "--xla_cpu_enable_fast_math=true", ()),
+    "jemalloc": ("jemalloc preloaded, freed pages kept (apt install libjemalloc2)", "", (),
+                 {"LD_PRELOAD": "jemalloc", "MALLOC_CONF": _NO_DECAY}),
+    "glibc_keep": ("glibc's malloc keeps freed memory (GLIBC_TUNABLES: no mmap, no trim, "
+                   "one arena)", "", (), {"GLIBC_TUNABLES": _GLIBC_KEEP}),
 }
+
+
+def _lever_env(env):
+  """A lever's variables for its process; LD_PRELOAD is a file or a library's short name
+  ('jemalloc'), which must be found on this system."""
+  env = dict(env)
+  if "LD_PRELOAD" in env and not os.path.isfile(env["LD_PRELOAD"]):
+    found = ctypes.util.find_library(env["LD_PRELOAD"])
+    if not found:
+      raise FileNotFoundError(f"lib{env['LD_PRELOAD']} not found on this system "
+                              "(Debian/Ubuntu: apt install libjemalloc2)")
+    env["LD_PRELOAD"] = found
+  return env
 
 
 def _parse(argv):
@@ -67,21 +99,28 @@ def _parse(argv):
 
 def _run_one(name, args, folder, round_index, torch, timeout):
   """One `bench train` process for lever `name` -> its figures, or {"error": last line}."""
-  _, flags, extra = LEVERS[name]
+  lever = Lever(*LEVERS[name])
   out = os.path.join(folder, f"{name}.{round_index}.json")
   cmd = [sys.executable, "-m", "cloob_jax.bench", "train", f"--config={args.config}",
-         f"--steps={args.steps}", f"--warmup={args.warmup}", f"--json={out}", *extra]
+         f"--steps={args.steps}", f"--warmup={args.warmup}", f"--json={out}", *lever.args]
   cmd += [f"--model={args.model}"] if args.model else []
   cmd += [f"--batch_size={args.batch_size}"] if args.batch_size else []
   if torch:
     cmd += ["--torch", "--rounds=1"]
   env = dict(os.environ)
-  env["XLA_FLAGS"] = " ".join(f for f in (env.get("XLA_FLAGS", ""), flags) if f)
+  env["XLA_FLAGS"] = " ".join(f for f in (env.get("XLA_FLAGS", ""), lever.xla_flags) if f)
+  try:
+    env.update(_lever_env(lever.env))
+  except FileNotFoundError as e:
+    return {"error": str(e)}
   try:
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False,
                           timeout=timeout)
   except subprocess.TimeoutExpired:
     return {"error": f"no result within --timeout={timeout} s"}
+  refused = [line for line in proc.stderr.splitlines() if "cannot be preloaded" in line]
+  if refused:  # ld.so goes on without the library: the figures would be the baseline's
+    return {"error": refused[0].strip()}
   if proc.returncode != 0 or not os.path.exists(out):
     lines = (proc.stderr or proc.stdout).strip().splitlines() or [f"exit {proc.returncode}"]
     named = [line for line in lines
@@ -105,7 +144,8 @@ def run(argv=None):
   with tempfile.TemporaryDirectory(prefix="cloob_jax_levers_") as folder:
     for r in range(args.rounds):
       for name in names:
-        fig = _run_one(name, args, folder, r, torch=name == "baseline" and not args.no_torch,
+        own_torch = name == "baseline" or bool(Lever(*LEVERS[name]).env)
+        fig = _run_one(name, args, folder, r, torch=own_torch and not args.no_torch,
                        timeout=args.timeout)
         results[name].append(fig)
         status = fig.get("error") or f"step {fig['step_s'] * 1e3:.0f} ms"
@@ -128,12 +168,15 @@ def run(argv=None):
   print(f"  {'lever':17s} {'devices':>7s} {'step ms by round':>17s} {'/baseline':>10s} "
         f"{'/open_clip':>11s}  what it changes")
   for name in names:
-    figs = results[name]
-    ok = [(f["step_s"], b["step_s"], t) for f, b, t in zip(figs, base, torch_s)
-          if "error" not in f]
-    row = {"description": LEVERS[name][0], "xla_flags": LEVERS[name][1],
-           "args": list(LEVERS[name][2]), "step_s": [f.get("step_s") for f in figs],
-           "errors": [f.get("error") for f in figs]}
+    figs, lever = results[name], Lever(*LEVERS[name])
+    # open_clip's step from the lever's own process where it ran there, else the baseline's
+    ok = [(f["step_s"], b["step_s"], f.get("open_clip_step_s") if lever.env else t)
+          for f, b, t in zip(figs, base, torch_s) if "error" not in f]
+    row = {"description": lever.description, "xla_flags": lever.xla_flags,
+           "args": list(lever.args), "env": dict(lever.env),
+           "step_s": [f.get("step_s") for f in figs], "errors": [f.get("error") for f in figs]}
+    if lever.env:
+      row["open_clip_step_s"] = [f.get("open_clip_step_s") for f in figs]
     if ok:
       row["vs_baseline"] = statistics.median(s / b for s, b, _ in ok)
       if all(t for _, _, t in ok):
@@ -142,7 +185,7 @@ def run(argv=None):
       vs_open_clip = f"{row['vs_open_clip']:.2f}" if "vs_open_clip" in row else "-"
       row["devices"] = next(f["devices"] for f in figs if "error" not in f)
       print(f"  {name:17s} {row['devices']:7d} {steps:>17s} {row['vs_baseline']:10.2f} "
-            f"{vs_open_clip:>11s}  {LEVERS[name][0]}")
+            f"{vs_open_clip:>11s}  {lever.description}")
     else:
       row["error"] = figs[0]["error"]
       print(f"  {name:17s} {'':7s} {'failed':>17s} {'':10s} {'':11s}  {row['error']}")
@@ -150,6 +193,10 @@ def run(argv=None):
   if all(torch_s):
     print("  open_clip's step by round: "
           + "/".join(f"{t * 1e3:.0f}" for t in torch_s) + " ms")
+  for name, row in rows.items():
+    if row.get("open_clip_step_s") and all(row["open_clip_step_s"]):
+      print(f"  open_clip's step in {name}'s processes (its /open_clip is to these): "
+            + "/".join(f"{t * 1e3:.0f}" for t in row["open_clip_step_s"]) + " ms")
   if args.json:
     from cloob_jax import paths  # pylint: disable=g-import-not-at-top
     paths.write_text(args.json, json.dumps({"model": first["model"],

@@ -12,6 +12,7 @@ open_clip's PyTorch step for the same model and batch in the same run.
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -96,15 +97,24 @@ def _memory(compiled) -> dict[str, int]:
   return out
 
 
-def _time(fn, steps, warmup):
+def _time(fn, steps, warmup, host=None):
+  """Seconds per call of `fn` after `warmup` calls. `host`, a dict, receives the process's CPU
+  seconds (user, system) and minor page faults per timed call."""
   import jax
   for _ in range(warmup):
     jax.block_until_ready(fn())
+  before = resource.getrusage(resource.RUSAGE_SELF)
   start = time.perf_counter()
   for _ in range(steps):
     out = fn()
   jax.block_until_ready(out)
-  return (time.perf_counter() - start) / steps
+  seconds = (time.perf_counter() - start) / steps
+  after = resource.getrusage(resource.RUSAGE_SELF)
+  if host is not None:
+    host.update(user_s=(after.ru_utime - before.ru_utime) / steps,
+                system_s=(after.ru_stime - before.ru_stime) / steps,
+                minor_faults=(after.ru_minflt - before.ru_minflt) / steps)
+  return seconds
 
 
 def matmul_flops_per_sec(n=2048, dtype="float32"):
@@ -199,11 +209,13 @@ def train_step_figures(config, steps, warmup):
     holder["state"], metrics = compiled(holder["state"], batch)
     return metrics
 
-  seconds = _time(run, steps, warmup)
+  host = {}
+  seconds = _time(run, steps, warmup, host)
   return {"model": config.model.name, "dtype": model_config.dtype, "batch_size": b,
           "method": config.method, "devices": mesh.size, "compile_s": compile_s,
           "step_s": seconds, "images_per_s": b / seconds, "step_flops": flops,
-          "model_flops_per_s": flops / seconds, "memory": _memory(compiled)}, run, compiled
+          "model_flops_per_s": flops / seconds, "memory": _memory(compiled),
+          "host_per_step": host}, run, compiled
 
 
 def torch_step(model_name, model_config, batch_size):
@@ -364,6 +376,9 @@ def run():
     print("  memory per device: " + ", ".join(
         f"{k.replace('_bytes', '').replace('_', ' ')} {v / gib:.2f} GiB"
         for k, v in memory.items()))
+  host = step["host_per_step"]
+  print(f"  host per step: {host['user_s']:.2f} CPU-s user, {host['system_s']:.2f} system, "
+        f"{host['minor_faults']:,.0f} minor page faults")
   if args.profile:
     from cloob_jax.bench import profile  # pylint: disable=g-import-not-at-top
     figures["profile"] = profile.op_profile(run_step, compiled.as_text(), steps=args.profile)
