@@ -67,6 +67,11 @@ LEVERS = {
 }
 
 
+def _lever(name) -> Lever:
+  """LEVERS[name] as a Lever (an entry may be a plain tuple without `env`)."""
+  return Lever(*LEVERS[name])
+
+
 def _lever_env(env):
   """A lever's variables for its process; LD_PRELOAD is a file or a library's short name
   ('jemalloc'), which must be found on this system."""
@@ -99,7 +104,7 @@ def _parse(argv):
 
 def _run_one(name, args, folder, round_index, torch, timeout):
   """One `bench train` process for lever `name` -> its figures, or {"error": last line}."""
-  lever = Lever(*LEVERS[name])
+  lever = _lever(name)
   out = os.path.join(folder, f"{name}.{round_index}.json")
   cmd = [sys.executable, "-m", "cloob_jax.bench", "train", f"--config={args.config}",
          f"--steps={args.steps}", f"--warmup={args.warmup}", f"--json={out}", *lever.args]
@@ -144,7 +149,7 @@ def run(argv=None):
   with tempfile.TemporaryDirectory(prefix="cloob_jax_levers_") as folder:
     for r in range(args.rounds):
       for name in names:
-        own_torch = name == "baseline" or bool(Lever(*LEVERS[name]).env)
+        own_torch = name == "baseline" or bool(_lever(name).env)
         fig = _run_one(name, args, folder, r, torch=own_torch and not args.no_torch,
                        timeout=args.timeout)
         results[name].append(fig)
@@ -168,7 +173,7 @@ def run(argv=None):
   print(f"  {'lever':17s} {'devices':>7s} {'step ms by round':>17s} {'/baseline':>10s} "
         f"{'/open_clip':>11s}  what it changes")
   for name in names:
-    figs, lever = results[name], Lever(*LEVERS[name])
+    figs, lever = results[name], _lever(name)
     # open_clip's step from the lever's own process where it ran there, else the baseline's
     ok = [(f["step_s"], b["step_s"], f.get("open_clip_step_s") if lever.env else t)
           for f, b, t in zip(figs, base, torch_s) if "error" not in f]
