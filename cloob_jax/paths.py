@@ -90,7 +90,25 @@ def makedirs(p, what: str = "path") -> None:
   if is_remote(text):
     check_bucket(text)
   else:
+    check_not_a_file(text, what)
     os.makedirs(text, exist_ok=True)
+
+
+def check_not_a_file(p, what: str = "path") -> None:
+  """Refuses a local folder path at which (or above which) an existing file stands, before
+  anything is written: `--workdir=notes.txt` is one line, not a FileExistsError."""
+  text = check(p, what)
+  if is_remote(text):
+    return
+  here = os.path.abspath(text)
+  while True:
+    if os.path.lexists(here) and not os.path.isdir(here):
+      where = "" if here == os.path.abspath(text) else f" ({here} is a file)"
+      raise PathError(f"{what}={text!r} is a file, not a folder{where}: give a folder path")
+    parent = os.path.dirname(here)
+    if parent == here:
+      return
+    here = parent
 
 
 def bucket(p) -> str:

@@ -27,6 +27,12 @@ def check_output(spec: registry.Format, output: str, overwrite: bool) -> None:
   if not output:
     raise registry.ExportError("--output is required")
   paths.check(output, "--output")
+  if not paths.is_remote(output):  # a file where a folder of the output would be made
+    above = os.path.dirname(os.path.abspath(output))
+    while not os.path.lexists(above):
+      above = os.path.dirname(above)
+    if not os.path.isdir(above):
+      raise registry.ExportError(f"--output={output!r}: {above} is a file, not a folder")
   if spec.one_file and not output.endswith(spec.suffixes):
     raise registry.ExportError(
         f"--format={spec.name} writes one file: give --output a name ending in "

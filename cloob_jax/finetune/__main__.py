@@ -32,7 +32,7 @@ def main(argv):
   from cloob_jax.finetune import init_model  # pylint: disable=g-import-not-at-top
   from cloob_jax.finetune import trainer  # pylint: disable=g-import-not-at-top
   trainer.check_config(_CONFIG.value)
-  paths.check(_WORKDIR.value, "--workdir")
+  paths.check_not_a_file(_WORKDIR.value, "--workdir")
   init_model.locate(_CONFIG.value.init)  # a missing init workdir or step
   distributed.initialize_from_flags()
   # Reading the weights and the data: a file of another architecture, a bad folder.
@@ -47,4 +47,5 @@ def main(argv):
 if __name__ == "__main__":
   # Bad input (an unknown mode or task, a missing workdir, a file of another architecture, a
   # missing optional package) is one line `error: ...` and exit status 2, before any writes.
-  cli.run(main, user_errors=(ValueError, KeyError, FileNotFoundError, ImportError))
+  cli.run(main, user_errors=(ValueError, KeyError, FileNotFoundError, ImportError),
+          key_modules=(distributed,))
