@@ -1,4 +1,4 @@
-"""Converts image-caption data to ArrayRecord shards (see records.py for the format).
+r"""Converts image-caption data to ArrayRecord shards (see records.py for the format).
 
   python -m cloob_jax.data.convert webdataset 'IN/{00000..00099}.tar' OUT_DIR
   python -m cloob_jax.data.convert csv CAPTIONS.tsv OUT_DIR --image-root=DIR \
@@ -385,6 +385,9 @@ def convert_webdataset(patterns: str | Sequence[str], out_dir: str, *,
   if not inputs:
     raise errors.UserError(f"no input matches {patterns}")
   out_dir = paths.absolute(paths.check(out_dir, "OUT_DIR"))
+  paths.check_not_a_file(out_dir, "OUT_DIR")
+  if not _converted_before(out_dir):
+    _refuse_if_none_opens(inputs, out_dir)
   validation = {"max_pixels": max_pixels, "min_side": min_side,
                 "max_caption_chars": max_caption_chars}
   run = _Run(out_dir, {"kind": "webdataset", "patterns": patterns, "inputs": inputs},
@@ -397,6 +400,51 @@ def convert_webdataset(patterns: str | Sequence[str], out_dir: str, *,
     return run.write(complete=True)
   finally:
     run.close()
+
+
+def _converted_before(out_dir: str) -> bool:
+  """Whether OUT_DIR holds a manifest with converted units (a resumed conversion)."""
+  if not paths.exists(out_dir):
+    return False
+  manifest = records.read_manifest(out_dir)
+  return bool(manifest and manifest.get("shards"))
+
+
+def _refuse_if_none_opens(inputs: Sequence[str], out_dir: str) -> None:
+  """Refuses a conversion none of whose inputs can be opened (a wrong pattern, a folder not
+  mounted), before OUT_DIR is made: it would only write a manifest of failed units. Stops at
+  the first input that opens."""
+  first = None
+  for p in inputs:
+    try:
+      with paths.path(p).open("rb") as f:
+        f.read(1)
+      return
+    except Exception as e:  # pylint: disable=broad-except  # also remote clients' errors
+      if first is None:
+        first = f"{p}: {errors.io_reason(e) or f'{type(e).__name__}: {e}'}"
+  several = f"none of the {len(inputs)} inputs" if len(inputs) > 1 else "the input"
+  raise errors.UserError(f"{several} can be opened (first: {first}); nothing was written to "
+                         f"{out_dir}")
+
+
+def _refuse_if_no_image_exists(csv_path: str, image_root: str, image_column: str,
+                               caption_column: str, separator: str, rows: int = 100) -> None:
+  """Refuses a CSV whose first `rows` image paths all miss under `image_root` (a wrong
+  --image-root or --image-column), before OUT_DIR is made. A real dataset misses some images
+  (counted as "missing"), never a hundred in a row."""
+  if not paths.is_remote(image_root) and not os.path.isdir(image_root):
+    raise paths.PathError(f"--image-root={image_root!r} is not a folder")
+  tried = []
+  for _, _, chunk in _csv_chunks(csv_path, image_column, caption_column, separator, rows):
+    tried = [p for p, _ in chunk if p is not None]
+    if any(paths.exists(paths.join(image_root, p)) for p in tried):
+      return
+    break
+  if tried:
+    raise paths.PathError(f"{csv_path}: none of the first {len(tried)} images exists under "
+                          f"--image-root={image_root!r} (e.g. {tried[0]!r}); check "
+                          f"--image-root and --image-column={image_column!r}")
 
 
 def _csv_chunks(path: str, image_column: str, caption_column: str, separator: str,
@@ -445,6 +493,9 @@ def convert_csv(csv_path: str, out_dir: str, *, image_root: str,
   image_root = paths.absolute(paths.check(image_root, "--image-root"))
   if not paths.exists(csv_path):
     raise FileNotFoundError(f"no CSV at {csv_path}")
+  paths.check_not_a_file(out_dir, "OUT_DIR")
+  # Before OUT_DIR is made: the header's columns (`_csv_chunks`), the images' folder.
+  _refuse_if_no_image_exists(csv_path, image_root, image_column, caption_column, separator)
   source = {"kind": "csv", "path": csv_path, "bytes": _size(csv_path),
             "image_root": image_root, "image_column": image_column,
             "caption_column": caption_column, "separator": separator,
@@ -484,8 +535,10 @@ def _separator(s: str) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog="python -m cloob_jax.data.convert",
-                              description=__doc__.split("\n\n")[0])
+  p = argparse.ArgumentParser(
+      prog="python -m cloob_jax.data.convert", formatter_class=argparse.RawTextHelpFormatter,
+      description="\n\n".join(__doc__.split("\n\n")[:2]),  # the summary and the usage lines
+      epilog="The flags of each: python -m cloob_jax.data.convert {webdataset,csv} --help")
   sub = p.add_subparsers(dest="kind", required=True)
 
   def common(q):
