@@ -356,13 +356,38 @@ def write_manifest(directory: str, manifest: Mapping[str, Any]) -> None:
 
 
 def check_data_dir(data_dir: str, cache_dir: str | None = None) -> str:
-  """Refuses a data_dir that cannot be read (see local_data_dir) without reading anything."""
+  """Refuses a data_dir that cannot be trained from (see local_data_dir), reading only its
+  manifest: a missing folder, no manifest, another format, an unfinished conversion, no
+  records. The trainer calls it before it writes anything into its workdir."""
   data_dir = paths.check(data_dir, "config.data.data_dir")
   if paths.is_remote(data_dir) and not cache_dir:
     raise paths.PathError(
         f"config.data.data_dir={data_dir!r}: ArrayRecord shards are read from a local disk "
         "only; set config.data.cache_dir=/local/dir to copy them there first, or mount the "
         "bucket (gcsfuse) and give the mount's path")
+  if paths.is_remote(data_dir):
+    paths.check_bucket(data_dir)
+  where = f"config.data.data_dir={data_dir!r}"
+  convert = ("write it with `python -m cloob_jax.data.convert {csv,webdataset} INPUT "
+             f"{data_dir}` (README: Train on your own data)")
+  if not paths.exists(data_dir):
+    raise paths.PathError(f"{where} does not exist: {convert}")
+  try:
+    manifest = read_manifest(data_dir)
+  except ValueError as e:  # not JSON
+    raise paths.PathError(f"{where}: {MANIFEST} is not valid JSON ({e})") from None
+  if manifest is None:
+    raise paths.PathError(f"{where} has no {MANIFEST}, so it holds no converted shards: "
+                          f"{convert}")
+  if manifest.get("format") != FORMAT:
+    raise paths.PathError(f"{where}: {MANIFEST} has the format {manifest.get('format')!r}, "
+                          f"not {FORMAT!r}: {convert}")
+  if not manifest.get("complete", False):
+    raise paths.PathError(f"{where}: the conversion into it did not finish; re-run the same "
+                          "`python -m cloob_jax.data.convert` command to complete it")
+  if not manifest.get("num_records"):
+    raise paths.PathError(f"{where} holds no records (its conversion kept none; see "
+                          f"'failed' and 'skipped' in {manifest_path(data_dir)})")
   return data_dir
 
 
