@@ -6,7 +6,8 @@
 A user error (`errors.message`: a bad flag or config key, an unknown model, a missing path, a
 damaged checkpoint, an unsupported format, a full disk) prints `error: ...` on stderr and
 exits with status 2, with no traceback; `--traceback` shows the whole trace instead. A bad
-flag or `--config.KEY` is reported the same way, before `main` runs.
+flag or `--config.KEY` is reported the same way, before `main` runs. `--help` prints the
+binary's docstring and its own flags (those of `key_modules` and --traceback too) and exits 0.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ if "traceback" not in flags.FLAGS:
                     "On a user error, show the Python traceback instead of one line.")
 
 USAGE_EXIT = 2
+# absl's help flags: each prints the usage, then exits (absl: status 1; here: 0).
+_HELP = ("-?", "-h", "-help", "--help", "--helpshort", "--helpfull", "--helpxml")
 
 
 def fail(text: str):
@@ -93,9 +96,24 @@ def _show_traceback(argv: Sequence[str]) -> bool:
     return any(a in ("--traceback", "--traceback=true", "--traceback=True") for a in argv)
 
 
+def _asks_for_help(argv: Sequence[str]) -> bool:
+  return any(a.split("=")[0] in _HELP for a in argv[1:])
+
+
+def _show_in_help(key_modules: Sequence[object]) -> None:
+  """Lists the flags of `key_modules` and --traceback in the main module's --help (absl
+  shows only the flags defined in the file that runs)."""
+  main_module = sys.argv[0]  # the name absl's --help looks up
+  names = ["traceback"] + [f.name for m in key_modules
+                           for f in flags.FLAGS.get_key_flags_for_module(m.__name__)]
+  for name in names:
+    flags.FLAGS.register_key_flag_for_module(main_module, flags.FLAGS[name])
+
+
 def run(main: Callable[[list[str]], object], *,
         flags_parser: Callable[[list[str]], list[str]] | None = None,
-        user_errors: tuple[type[BaseException], ...] = ()):
+        user_errors: tuple[type[BaseException], ...] = (),
+        key_modules: Sequence[object] = ()):
   """`app.run(main)`, printing a user error as one line (exit 2) unless --traceback.
 
   Args:
@@ -103,12 +121,18 @@ def run(main: Callable[[list[str]], object], *,
     flags_parser: as app.run's (default: absl's own parser).
     user_errors: exception types this binary raises only for bad input, beyond
       `errors.UserError`, OSError a user can fix and FileNotFoundError.
+    key_modules: modules whose flags are the binary's own, listed by --help beside those
+      defined in the file that runs.
   """
   parse = flags_parser or (lambda argv: flags.FLAGS(argv))
 
   def parse_or_fail(argv):
     try:
       rest = parse(argv)
+    except SystemExit as e:  # absl's --help printed the usage and exits with status 1
+      if e.code == 1 and _asks_for_help(argv):
+        sys.exit(0)
+      raise
     except (flags.Error, AttributeError, KeyError) as e:  # an unknown flag, a bad --config.KEY
       if _show_traceback(argv):
         raise
@@ -139,5 +163,6 @@ def run(main: Callable[[list[str]], object], *,
         raise
       fail(text)
 
+  _show_in_help(key_modules)
   _quiet_reported_failures()
   app.run(guarded, flags_parser=parse_or_fail)

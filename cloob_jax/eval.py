@@ -186,4 +186,5 @@ if __name__ == "__main__":
   # Flags are defined here, not at import: cloob_jax.main defines --config/--workdir too, and
   # tests import both modules into one process.
   define_flags()
-  cli.run(main)
+  from cloob_jax import distributed  # pylint: disable=g-import-not-at-top
+  cli.run(main, key_modules=(distributed,))

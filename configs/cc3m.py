@@ -1,4 +1,4 @@
-"""CLOOB on Conceptual Captions 3M, the paper's setup (docs/method.md).
+r"""CLOOB on Conceptual Captions 3M, the paper's setup (docs/method.md).
 
   python -m cloob_jax.main --config=configs/cc3m.py:model=RN50,data_dir=/data/cc3m \
       --workdir=gs://bucket/cc3m_rn50

@@ -1,4 +1,4 @@
-"""Trains several objectives with several seeds under one budget, evaluates and reports them.
+r"""Trains several objectives with several seeds under one budget, evaluates and reports them.
 
   python -m cloob_jax.experiments.compare --config=configs/demo.py --methods=clip,cloob \
       --seeds=3 --workdir=DIR [--config.KEY=VALUE ...]

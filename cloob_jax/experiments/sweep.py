@@ -1,4 +1,4 @@
-"""A fair comparison of objectives: the same tuning budget for each, then fresh seeds.
+r"""A fair comparison of objectives: the same tuning budget for each, then fresh seeds.
 
   python -m cloob_jax.experiments.sweep --config=configs/demo.py \
       --methods=clip,cloob,infoloob,siglip --trials=4 --seeds=5 --budgets=0.5,1,2 \
@@ -289,4 +289,5 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 if __name__ == "__main__":
-  cli.run(main, flags_parser=parse_flags)
+  # --config, --workdir, --methods and --seeds are compare's: listed by --help as the sweep's.
+  cli.run(main, flags_parser=parse_flags, key_modules=(compare,))
