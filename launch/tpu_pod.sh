@@ -41,6 +41,12 @@ EOF
   exit 2
 }
 
+# --help: this file's header comment (the usage, what each subcommand does) on stdout, exit 0.
+help() {
+  sed -n '2,/^set -euo pipefail$/{/^#/s/^# \{0,1\}//p}' "${BASH_SOURCE[0]}"
+  exit 0
+}
+
 # shellcheck source=lib/quote.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib/quote.sh"  # sh_quote, word_quote, print_cmd
 
@@ -120,7 +126,7 @@ dry_run=${DRY_RUN:-0}
 while [ $# -gt 0 ]; do
   case $1 in
     --dry-run) dry_run=1; shift ;;
-    -h|--help) usage ;;
+    -h|--help) help ;;
     -*) echo "tpu_pod.sh: unknown option $1" >&2; usage ;;
     *) break ;;
   esac
