@@ -44,6 +44,17 @@ def make_mesh(num_devices: int | None = None, axis_name: str = 'data',
   return jax.make_mesh((len(devices),), (axis_name,), axis_types=(axis_type,), devices=devices)
 
 
+# Device.platform -> the name jax.default_backend() gives that backend.
+_BACKEND_NAMES = {'cuda': 'gpu', 'rocm': 'gpu'}
+
+
+def platform(mesh: jax.sharding.Mesh) -> str:
+  """The platform ('cpu', 'gpu', 'tpu') of the mesh's devices: what a step built on it is
+  compiled for, which need not be the process's default backend (deviceless AOT compiles)."""
+  name = mesh.devices.flat[0].platform
+  return _BACKEND_NAMES.get(name, name)
+
+
 def batch_sharding(mesh: jax.sharding.Mesh, axis_name: AxisName = 'data') -> jax.NamedSharding:
   """Sharding of a global batch: leading (batch) dimension split over `axis_name`."""
   return jax.NamedSharding(mesh, jax.P(axis_name))

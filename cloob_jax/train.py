@@ -34,6 +34,7 @@ from cloob_jax import workdir as workdir_lib
 from cloob_jax.data import pipeline
 from cloob_jax.data import records
 from cloob_jax.models import inputs
+from cloob_jax.models import layers
 
 STOP = "stop_requested"  # the train step's metric: 1 when any process was asked to stop
 
@@ -157,16 +158,21 @@ def create_train_setup(config: ml_collections.ConfigDict, mesh=None) -> TrainSet
   batch_sharding = parallel.batch_sharding(mesh)
   tx, schedule = optim.create_optimizer(
       config.optimizer, config.total_steps, optim.gradient_clipping(config))
-  init_fn = functools.partial(init_state, model, tx, config, model_config)
+  # Scan and remat defaults follow the mesh's devices, not the host's backend: a TPU slice's
+  # step compiled on a CPU host (bench compile) gets the TPU program.
+  target = parallel.platform(mesh)
+  init_fn = layers.for_platform(
+      functools.partial(init_state, model, tx, config, model_config), target)
   # Replicated state, or FSDP: parameters and optimizer moments split over the data axis.
   shardings = parallel.state_shardings(jax.eval_shape(init_fn, jax.random.key(0)), mesh,
                                        fsdp=config.get("fsdp", False))
   init = jax.jit(init_fn, out_shardings=shardings)
   step = jax.jit(
-      functools.partial(train_step, model=model, tx=tx, schedule=schedule,
-                        loss_fn=parallel.make_loss_fn(
-                            config.method, mesh, chunk=config.get("objective_chunk", "auto")),
-                        config=config),
+      layers.for_platform(functools.partial(
+          train_step, model=model, tx=tx, schedule=schedule,
+          loss_fn=parallel.make_loss_fn(config.method, mesh,
+                                        chunk=config.get("objective_chunk", "auto")),
+          config=config), target),
       in_shardings=(shardings, batch_sharding),
       out_shardings=(shardings, parallel.replicated_sharding(mesh)), donate_argnums=(0,))
   return TrainSetup(model_config, model, mesh, tx, schedule, shardings, batch_sharding,

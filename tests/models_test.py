@@ -159,6 +159,40 @@ def test_remat_none_is_dots_for_scanned_blocks_on_cpu_only(monkeypatch):
   assert layers.remat_policy("dots", scanned=True) == (True, layers.REMAT_POLICIES["dots"])
 
 
+def test_defaults_follow_the_platform_compiled_for_not_the_host():
+  # A TPU slice's step is traced on a CPU host (bench compile): the scan and remat defaults are
+  # those of the platform set by compiling_for, and the host's come back after it.
+  from cloob_jax.models import layers
+  assert jax.default_backend() == "cpu"
+  assert layers.scans(None, 768) and layers.effective_remat(None, scanned=True) == "dots"
+  with layers.compiling_for("tpu"):
+    assert layers.target_platform() == "tpu"
+    assert not layers.scans(None, 768)
+    assert layers.effective_remat(None, scanned=True) is False
+    assert layers.scans(True, 768)  # an explicit choice is kept
+    with layers.compiling_for(None):
+      assert layers.scans(None, 768)
+  assert layers.target_platform() == "cpu" and layers.scans(None, 768)
+  assert not layers.scans(None, 768, platform="gpu")
+
+
+def test_a_tower_traced_for_tpu_is_unrolled_on_a_cpu_host(monkeypatch):
+  from cloob_jax.models import layers
+  monkeypatch.setattr(layers, "SCAN_MIN_WIDTH", 1)  # the tiny tower scans by default on CPU
+  model = models.create_model("ViT-tiny")
+  images, tokens = _inputs(models.get_config("ViT-tiny"))
+  variables = model.init(jax.random.key(0), images, tokens)
+
+  def primitives(fn):
+    jaxpr = jax.make_jaxpr(fn)(variables, images).jaxpr
+    return {str(e.primitive) for e in jaxpr.eqns}
+
+  encode = lambda v, x: model.apply(v, x, method=model.encode_image)
+  assert "scan" in primitives(encode)
+  assert "scan" not in primitives(layers.for_platform(encode, "tpu"))
+  assert "scan" in primitives(layers.for_platform(encode, "cpu"))
+
+
 def test_scanned_towers_under_fsdp_on_8_devices_equal_one_device():
   # The scan stacks the blocks' parameters inside the step: with them FSDP-sharded over the
   # mesh and the batch split over 8 devices, values and gradients stay the unsharded ones.

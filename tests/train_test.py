@@ -139,6 +139,32 @@ def test_one_device_and_two_processes_match_eight_devices(reference_run, tmp_pat
           abs(other[s] - ref[s]) <= 1e-4 for s in ref), (key, other, ref)
 
 
+def test_the_step_follows_the_meshs_platform_not_the_default_backend(monkeypatch):
+  # The scan and remat defaults come from the devices the step is built on
+  # (parallel.platform(mesh)); a TPU mesh on a CPU host gets the TPU program. With real TPU
+  # devices (libtpu's abstract topology) tests/compile_test.py checks the same.
+  from cloob_jax.models import layers
+  monkeypatch.setattr(layers, "SCAN_MIN_WIDTH", 1)  # the tiny towers scan by default on CPU
+  config = _demo_config()
+  for tower in ("vision", "text"):  # two blocks: one scanned, the last pooled outside the scan
+    config.model.overrides[tower].layers = 2
+  mesh = parallel.make_mesh(1)
+  assert parallel.platform(mesh) == "cpu"
+
+  def step_text():
+    setup = train.create_train_setup(config, mesh)
+    state = jax.eval_shape(setup.init, 0)
+    size, context = 32, 16
+    batch = {"image": jax.ShapeDtypeStruct((BATCH, size, size, 3), jnp.uint8),
+             "tokens": jax.ShapeDtypeStruct((BATCH, context), jnp.int32)}
+    return setup.step.lower(state, batch).as_text()
+
+  assert "stablehlo.while" in step_text()
+  monkeypatch.setattr(parallel, "platform", lambda mesh: "tpu")
+  assert "stablehlo.while" not in step_text()
+  assert jax.default_backend() == "cpu"
+
+
 def test_mean_cosine_is_the_mean_over_distinct_pairs():
   x = np.random.default_rng(0).normal(size=(12, 5)).astype(np.float32)
   x /= np.linalg.norm(x, axis=1, keepdims=True)

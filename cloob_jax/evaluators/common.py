@@ -28,6 +28,7 @@ import numpy as np
 from cloob_jax import parallel
 from cloob_jax.data import tokenizer
 from cloob_jax.models import inputs
+from cloob_jax.models import layers
 
 Metrics = Iterator[tuple[str, float]]
 
@@ -119,7 +120,7 @@ def _ref(obj):
 
 
 @functools.lru_cache(maxsize=16)
-def _encoders(module, mesh: jax.sharding.Mesh):
+def encoders(module, mesh: jax.sharding.Mesh):
   """Jitted encoders for a (hashable) linen module on a mesh; shared by embedders.
 
   Returns (images, texts, images_sharded): the first two return the batch's embeddings
@@ -136,6 +137,9 @@ def _encoders(module, mesh: jax.sharding.Mesh):
   def texts_fn(variables, tokens):
     return module.apply(variables, tokens, method=module.encode_text)
 
+  # Traced for the mesh's devices (layers.compiling_for), like the train step.
+  target = parallel.platform(mesh)
+  images_fn, texts_fn = (layers.for_platform(f, target) for f in (images_fn, texts_fn))
   kwargs = dict(in_shardings=(replicated, batch), out_shardings=replicated)
   return (jax.jit(images_fn, **kwargs), jax.jit(texts_fn, **kwargs),
           jax.jit(images_fn, in_shardings=(replicated, batch), out_shardings=batch))
@@ -212,7 +216,7 @@ class Embedder:
     self.context_length = int(module.text.context_length)
     self.embed_dim = int(module.text.embed_dim)
     self.progress = progress
-    self._image_fn, self._text_fn, self._image_share_fn = _encoders(module, self.mesh)
+    self._image_fn, self._text_fn, self._image_share_fn = encoders(module, self.mesh)
     self.process_count, self.process_rank, self._local_batch = _process_layout(self.mesh,
                                                                                self.batch_size)
     self._placed: tuple[_Identity, Any] | None = None

@@ -43,6 +43,7 @@ from cloob_jax.finetune import data as data_lib
 from cloob_jax.finetune import init_model
 from cloob_jax.finetune import wise_ft
 from cloob_jax.models import inputs
+from cloob_jax.models import layers
 
 MODES = ("end_to_end", "linear_probe", "flyp")
 TRAIN, FREEZE = "train", "freeze"
@@ -193,8 +194,9 @@ def create_setup(config, module, params, batch_stats, inv_tau: float, mesh=None)
   init = jax.jit(init_fn, out_shardings=shardings)
   loss_fn = parallel.make_loss_fn(config.method, mesh) if config.mode == "flyp" else None
   step = jax.jit(
-      functools.partial(train_step, module=module, tx=tx, schedule=schedule, labels=labels,
-                        mode=config.mode, loss_fn=loss_fn, beta=float(config.beta)),
+      layers.for_platform(functools.partial(
+          train_step, module=module, tx=tx, schedule=schedule, labels=labels, mode=config.mode,
+          loss_fn=loss_fn, beta=float(config.beta)), parallel.platform(mesh)),  # as train.py's
       in_shardings=(shardings, batch_sharding),
       out_shardings=(shardings, parallel.replicated_sharding(mesh)), donate_argnums=(0,))
   return Setup(mesh, tx, schedule, labels, shardings, batch_sharding, init, step)

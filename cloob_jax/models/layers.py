@@ -5,7 +5,9 @@ LayerNorm, BatchNorm and softmax always run in float32 and cast back (the usual
 mixed-precision recipe).
 """
 
-from typing import Any, Callable, Sequence
+import contextlib
+import contextvars
+from typing import Any, Callable, Iterator, Sequence
 
 import flax.linen as nn
 import jax
@@ -175,11 +177,47 @@ class ResidualAttentionBlock(nn.Module):
 # tower) 1.3x.
 SCAN_MIN_WIDTH = 512
 
+# The platform ('cpu', 'gpu', 'tpu') the blocks are traced for, set by `compiling_for` around a
+# step built on a mesh; None: jax.default_backend(). A process can compile for devices it does
+# not have (bench compile: a TPU slice from this CPU), where the default backend is the host's.
+_PLATFORM = contextvars.ContextVar("cloob_jax_target_platform", default=None)
 
-def scans(scan: bool | None, width: int) -> bool:
-  """Whether a Transformer of `width` runs as a scan: `scan`, or for None the CPU default."""
+
+@contextlib.contextmanager
+def compiling_for(platform: str | None) -> Iterator[None]:
+  """Within this context the platform-dependent defaults (`scans`, `effective_remat`) are
+  those of `platform` (parallel.platform(mesh)); None keeps jax.default_backend()'s."""
+  token = _PLATFORM.set(platform)
+  try:
+    yield
+  finally:
+    _PLATFORM.reset(token)
+
+
+def for_platform(fn: Callable, platform: str | None) -> Callable:
+  """`fn` traced under `compiling_for(platform)`: what jax.jit is given for a step on a mesh
+  of `platform`'s devices (tracing runs the Python function, whenever and wherever it runs)."""
+
+  def traced(*args, **kwargs):
+    with compiling_for(platform):
+      return fn(*args, **kwargs)
+
+  # jit names the program after the function (HLO module, profiles): keep `fn`'s name.
+  name = getattr(fn, "__name__", None) or getattr(getattr(fn, "func", None), "__name__", None)
+  traced.__name__ = traced.__qualname__ = name or "traced"
+  return traced
+
+
+def target_platform() -> str:
+  """The platform the defaults are chosen for: `compiling_for`'s, else the default backend."""
+  return _PLATFORM.get() or jax.default_backend()
+
+
+def scans(scan: bool | None, width: int, platform: str | None = None) -> bool:
+  """Whether a Transformer of `width` runs as a scan: `scan`, or for None the default of
+  `platform` (default `target_platform()`): scanned on CPU from SCAN_MIN_WIDTH on."""
   if scan is None:
-    return jax.default_backend() == "cpu" and width >= SCAN_MIN_WIDTH
+    return (platform or target_platform()) == "cpu" and width >= SCAN_MIN_WIDTH
   return scan
 
 
@@ -200,12 +238,13 @@ def _weight_ops_saveable(prim, *args, **params) -> bool:
 REMAT_POLICIES = {"full": None, "dots": _weight_ops_saveable}
 
 
-def effective_remat(remat: bool | str | None, scanned: bool = False) -> bool | str:
+def effective_remat(remat: bool | str | None, scanned: bool = False,
+                    platform: str | None = None) -> bool | str:
   """A tower's `remat` as it runs: False, "full" or a REMAT_POLICIES name. True/1 is "full",
-  0 and "off" are False, None is "dots" for `scanned` blocks on XLA:CPU, else False; anything
-  else is refused in one line."""
+  0 and "off" are False, None is "dots" for `scanned` blocks on CPU (`platform`, default
+  `target_platform()`), else False; anything else is refused in one line."""
   if remat is None:
-    return "dots" if scanned and jax.default_backend() == "cpu" else False
+    return "dots" if scanned and (platform or target_platform()) == "cpu" else False
   if not isinstance(remat, str) and remat in (0, 1):
     return "full" if remat else False
   if remat == "off":
