@@ -3,7 +3,7 @@
 import importlib
 import sys
 
-SUBCOMMANDS = ("data", "levers", "tokenizer", "train")
+SUBCOMMANDS = ("compile", "data", "levers", "tokenizer", "train")
 
 
 def main():
