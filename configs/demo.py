@@ -65,7 +65,7 @@ def get_config(arg=None):
   # Records in families of this many minimal pairs (same colours and cells, other shapes and
   # sizes; synthetic.family_member), shuffled as units so that each batch holds whole families.
   # 1: independent scenes. With 4, CLIP learns shape at batch 64 and CLOOB does not
-  # (README, "Minimal pairs").
+  # (docs/results.md, "Minimal pairs").
   config.data.family_size = 1
 
   config.fsdp = False  # shard parameters and optimizer state over the data axis
