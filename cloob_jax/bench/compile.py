@@ -26,6 +26,7 @@ import importlib.metadata
 import importlib.util
 import json
 import math
+import os
 import re
 import sys
 import time
@@ -108,14 +109,17 @@ def topology_devices(name: str, num_slices: int = 1):
   if importlib.util.find_spec("libtpu") is None:
     raise errors.UserError(f"--topology={name}: libtpu is not installed "
                            "(pip install \"jax[tpu]==0.12.0.1\")")
+  # No TPU is attached, so nothing is shared: without this a second process that loads libtpu
+  # (a training run's, a parallel compile) fails on libtpu's lockfile in /tmp.
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   from jax.experimental import topologies
   try:
     devices = topologies.get_topology_desc(
         platform="tpu", topology_name=name, chip_config_name=chip.chip_config,
         num_slices=num_slices).devices
   except Exception as e:  # pylint: disable=broad-except  (libtpu's own wording, one line)
-    raise errors.UserError(f"--topology={name!r}: libtpu refused it ({str(e).splitlines()[0]}); "
-                           f"expected {VALID_FORMS}") from e
+    raise errors.UserError(f"--topology={name!r}: libtpu refused it: "
+                           f"{str(e).strip().splitlines()[0]} (valid forms: {VALID_FORMS})") from e
   return sorted(devices, key=lambda d: (getattr(d, "slice_index", 0), d.id))
 
 
