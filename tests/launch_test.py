@@ -402,7 +402,7 @@ def test_tpu_repo_dir_is_quoted_for_the_worker(fake):
     [], ["run"], ["run", "n"], ["run", "n", "z"], ["run", "n", "z", "--config=c"],
     ["run", "n", "z", "--"], ["logs", "n", "z", "ten"], ["logs", "n", "z", "1", "2"],
     ["setup", "n", "z", "extra"], ["stop", "n", "z", "extra"], ["frob", "n", "z"],
-    ["--bogus", "logs", "n", "z"], ["logs", "", "z"], ["--help"],
+    ["--bogus", "logs", "n", "z"], ["logs", "", "z"],
 ], ids=repr)
 def test_tpu_bad_usage_exits_2(fake, args):
   proc = _tpu(fake, *args)
