@@ -1,6 +1,8 @@
 """Device mesh, shardings and the gathered (device-sharded) contrastive loss.
 
-The global batch is one jax.Array sharded over the mesh axis 'data'. The contrastive
+The global batch is one jax.Array sharded over the mesh's batch axes (`batch_axes`): 'data',
+or ('dcn', 'data') on a multi-slice pod, where 'dcn' counts slices (joined by the data-center
+network) and 'data' the devices of a slice (joined by ICI). The contrastive
 losses need every embedding of the global batch, so `gathered_loss` all-gathers the
 embeddings (not the images) and each device scores only its own anchor rows against the
 global candidates: memory per device is O(local_batch x global_batch), never
@@ -17,17 +19,31 @@ import math
 from typing import Callable, Sequence
 
 import jax
+from jax.experimental import mesh_utils
 import jax.numpy as jnp
+import numpy as np
 
 from cloob_jax import losses
 
 AxisName = str | tuple[str, ...]
 
+DCN_AXIS = 'dcn'  # the slices of a multi-slice mesh
+
+
+def num_slices(devices: Sequence[jax.Device]) -> int:
+  """How many slices `devices` span (distinct `Device.slice_index`; 1 where devices have none)."""
+  return len({getattr(d, 'slice_index', 0) for d in devices})
+
 
 def make_mesh(num_devices: int | None = None, axis_name: str = 'data',
               axis_type: jax.sharding.AxisType = jax.sharding.AxisType.Auto,
-              devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
-  """A 1-D data-parallel mesh over the first `num_devices` devices (default: all).
+              devices: Sequence[jax.Device] | None = None,
+              slices: int | None = None) -> jax.sharding.Mesh:
+  """A data-parallel mesh over the first `num_devices` devices (default: all).
+
+  1-D, (axis_name,), on one slice. Over devices that span several slices, or with
+  `slices` > 1, the 2-D (DCN_AXIS, axis_name) mesh of `hybrid_mesh`: the batch splits over
+  both, and a reduction over the whole mesh crosses the slow network once, between slices.
 
   The axis type defaults to Auto, not jax 0.10's Explicit: the towers are written in the
   global view and left to the compiler's sharding propagation, and the one place where
@@ -41,7 +57,38 @@ def make_mesh(num_devices: int | None = None, axis_name: str = 'data',
     if not 1 <= num_devices <= len(devices):
       raise ValueError(f'num_devices={num_devices}, but {len(devices)} devices are available.')
     devices = devices[:num_devices]
+  slices = num_slices(devices) if slices is None else slices
+  if slices > 1:
+    return hybrid_mesh(devices, slices, axis_name, axis_type)
   return jax.make_mesh((len(devices),), (axis_name,), axis_types=(axis_type,), devices=devices)
+
+
+def hybrid_mesh(devices: Sequence[jax.Device], slices: int, axis_name: str = 'data',
+                axis_type: jax.sharding.AxisType = jax.sharding.AxisType.Auto
+                ) -> jax.sharding.Mesh:
+  """The (DCN_AXIS, axis_name) mesh [slices, devices per slice]: row i holds slice i's devices.
+
+  Devices with a `slice_index` (TPU slices, real or libtpu's abstract ones) are laid out by
+  jax's hybrid-mesh helper (within a slice in ICI order); devices without one (virtual CPU
+  devices in tests) are split in their order into `slices` equal groups.
+  """
+  devices = list(devices)
+  if slices < 1 or len(devices) % slices:
+    raise ValueError(f'{len(devices)} devices do not split into {slices} slices.')
+  per_slice = len(devices) // slices
+  if hasattr(devices[0], 'slice_index'):
+    if num_slices(devices) != slices:
+      raise ValueError(f'slices={slices}, but the devices span {num_slices(devices)} slices.')
+    grid = mesh_utils.create_hybrid_device_mesh((1, per_slice), (slices, 1), devices)
+  else:
+    grid = np.array(devices, dtype=object).reshape(slices, per_slice)
+  return jax.sharding.Mesh(grid, (DCN_AXIS, axis_name), axis_types=(axis_type, axis_type))
+
+
+def batch_axes(mesh) -> AxisName:
+  """The mesh axes a global batch splits over: ('dcn', 'data') on a multi-slice mesh, else
+  'data'. The slices are the major axis: slice i holds the i-th block of rows."""
+  return (DCN_AXIS, 'data') if DCN_AXIS in mesh.axis_names else 'data'
 
 
 # Device.platform -> the name jax.default_backend() gives that backend.
@@ -55,9 +102,11 @@ def platform(mesh: jax.sharding.Mesh) -> str:
   return _BACKEND_NAMES.get(name, name)
 
 
-def batch_sharding(mesh: jax.sharding.Mesh, axis_name: AxisName = 'data') -> jax.NamedSharding:
-  """Sharding of a global batch: leading (batch) dimension split over `axis_name`."""
-  return jax.NamedSharding(mesh, jax.P(axis_name))
+def batch_sharding(mesh: jax.sharding.Mesh, axis_name: AxisName | None = None
+                   ) -> jax.NamedSharding:
+  """Sharding of a global batch: leading (batch) dimension split over `axis_name` (default:
+  `batch_axes(mesh)`)."""
+  return jax.NamedSharding(mesh, jax.P(batch_axes(mesh) if axis_name is None else axis_name))
 
 
 def replicated_sharding(mesh: jax.sharding.Mesh) -> jax.NamedSharding:
@@ -71,7 +120,9 @@ def fsdp_sharding(shape: Sequence[int], mesh: jax.sharding.Mesh, axis_name: str 
 
   The rule depends on the shape only, so parameters and their Adam moments shard alike.
   Arrays smaller than `min_size` elements (biases, norms, scalars) stay replicated: sharding
-  them saves nothing and costs a collective each. XLA gathers a weight where it is used.
+  them saves nothing and costs a collective each. XLA gathers a weight where it is used. On a
+  multi-slice mesh the split is within each slice ('data'), so the gathers stay on ICI and
+  only the gradients' reduction over slices crosses DCN.
   """
   n = mesh.shape[axis_name]
   if n == 1 or math.prod(shape) < min_size:
@@ -104,7 +155,7 @@ def _is_explicit(mesh, axis_name: AxisName) -> bool:
 
 
 def gathered_loss(method: str, x: jax.Array, y: jax.Array, inv_tau, beta,
-                  mesh: jax.sharding.Mesh | None, axis_name: AxisName = 'data',
+                  mesh: jax.sharding.Mesh | None, axis_name: AxisName | None = None,
                   chunk=losses.AUTO, **extra) -> jax.Array:
   """`losses.<method>(x, y, inv_tau, beta)` computed with the batch sharded over devices.
 
@@ -122,7 +173,9 @@ def gathered_loss(method: str, x: jax.Array, y: jax.Array, inv_tau, beta,
     inv_tau: s = 1/tau, python float or (traced, replicated) jax scalar.
     beta: Hopfield inverse temperature (ignored, may be None, for infonce/infoloob).
     mesh: the device mesh; None uses the mesh set with `jax.set_mesh`.
-    axis_name: mesh axis (or tuple of axes) the batch is split over.
+    axis_name: mesh axis (or tuple of axes) the batch is split over; None: batch_axes(mesh).
+      The gathers, the anchor offset and the sum run over all of them (both axes of a
+      multi-slice mesh, slices major).
     chunk: candidates per score block, static (losses.resolve_chunk): 'auto' (chunked from
       losses.CHUNK_MIN_BATCH on), None / 0 (one [local, N] block per term) or an int.
     **extra: the objective's own learnt scalars (SigLIP's `bias`), replicated.
@@ -134,6 +187,8 @@ def gathered_loss(method: str, x: jax.Array, y: jax.Array, inv_tau, beta,
   row_sum = losses.get_row_sum(method, losses.resolve_chunk(method, x.shape[0], chunk))
   if mesh is None:
     mesh = jax.sharding.get_abstract_mesh()
+  if axis_name is None:
+    axis_name = batch_axes(mesh)
   num_shards = axis_size(mesh, axis_name)
   global_batch = x.shape[0]
   if global_batch % num_shards:
@@ -165,12 +220,14 @@ def gathered_loss(method: str, x: jax.Array, y: jax.Array, inv_tau, beta,
 
 
 def make_loss_fn(method: str, mesh: jax.sharding.Mesh | None = None,
-                 axis_name: AxisName = 'data', chunk=losses.AUTO) -> Callable[..., jax.Array]:
+                 axis_name: AxisName | None = None, chunk=losses.AUTO
+                 ) -> Callable[..., jax.Array]:
   """Loss on model outputs for the train step: `fn(image_emb, text_emb, inv_tau, beta=None,
   **extra)`, `extra` being the objective's own learnt scalars (SigLIP's `bias`).
 
   image_emb, text_emb: [B, d] global L2-normalised embeddings sharded P(axis_name) (the
-  towers' outputs inside the jitted step). With a mesh of one device, or mesh=None and
+  towers' outputs inside the jitted step); axis_name None: the mesh's `batch_axes`. With a
+  mesh of one device, or mesh=None and
   no mesh set, this is the plain full-batch loss; otherwise `gathered_loss` (also on a
   one-device mesh, where it costs nothing and keeps Explicit-axis inputs legal).
   chunk: as in `gathered_loss`, resolved for the global batch B (losses.resolve_chunk).
@@ -189,9 +246,10 @@ def make_loss_fn(method: str, mesh: jax.sharding.Mesh | None = None,
 
 
 def local_batch_size(global_batch: int, mesh: jax.sharding.Mesh,
-                     axis_name: AxisName = 'data') -> int:
-  """Rows per device of a global batch split over `axis_name`; raises if it does not divide."""
-  num_shards = axis_size(mesh, axis_name)
+                     axis_name: AxisName | None = None) -> int:
+  """Rows per device of a global batch split over `axis_name` (default: the mesh's
+  `batch_axes`); raises if it does not divide."""
+  num_shards = axis_size(mesh, batch_axes(mesh) if axis_name is None else axis_name)
   if global_batch % num_shards:
     raise ValueError(f'Global batch {global_batch} is not divisible by {num_shards} shards.')
   return global_batch // num_shards
