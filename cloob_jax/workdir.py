@@ -10,6 +10,7 @@ and TensorBoard events. The trainer, the fine-tuning loop and the comparison sha
 import json
 import os
 import shutil
+import sys
 import tempfile
 from typing import Any
 
@@ -57,6 +58,24 @@ def write_config(config, workdir):
   paths.write_text(path, text)  # atomic: never a half-written config.json
 
 
+def _summary_writer():
+  """tensorboardX's SummaryWriter, imported without PyTorch.
+
+  tensorboardX imports torch whenever it is installed (to accept its tensors), which costs a
+  training process ~2 s and hundreds of MB; we write float scalars only. A process that has
+  imported torch already keeps it.
+  """
+  block = "torch" not in sys.modules
+  if block:
+    sys.modules["torch"] = None  # `import torch` raises ImportError, which tensorboardX allows
+  try:
+    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+  finally:
+    if block:
+      del sys.modules["torch"]
+  return SummaryWriter
+
+
 class MetricWriter:
   """metrics.jsonl + TensorBoard events + console, from process 0 only.
 
@@ -78,8 +97,7 @@ class MetricWriter:
       paths.download(paths.join(self._remote, "metrics.jsonl"), jsonl)
     self._jsonl = open(jsonl, "ab", buffering=0)
     try:
-      from tensorboardX import SummaryWriter
-      self._tb = SummaryWriter(os.path.join(local, "tensorboard"))
+      self._tb = _summary_writer()(os.path.join(local, "tensorboard"))
     except ImportError:  # TensorBoard events are optional; the JSON lines are not
       self._tb = None
 
