@@ -24,6 +24,7 @@ def tpu_step():
   defaults would scan them with remat 'dots'."""
   import jax
   from cloob_jax import config_lib
+  from cloob_jax import parallel
   from cloob_jax.bench import compile as bench_compile
   from cloob_jax.models import layers
   patch = pytest.MonkeyPatch()
@@ -31,7 +32,7 @@ def tpu_step():
   config = config_lib.load_config_file(f"configs/demo.py:tiny=True,evals=False,batch_size={BATCH}")
   for tower in ("vision", "text"):
     config.model.overrides[tower].layers = 2
-  mesh = bench_compile.make_mesh(bench_compile.topology_devices(TOPOLOGY))
+  mesh = parallel.make_mesh(devices=bench_compile.topology_devices(TOPOLOGY))
   setup, state, batch = bench_compile.train_program(config, mesh)
   lowered = setup.step.lower(state, batch)
   t0 = time.perf_counter()
@@ -76,7 +77,7 @@ def test_the_printout_says_estimate_and_never_optimal_seconds(tpu_step, capsys):
   chip = bench_compile.CHIPS["v5e"]
   figures = dict(tpu_step[3])
   figures["roofline"] = bench_compile.roofline(chip, figures["flops"], figures["bytes_accessed"],
-                                               1e6, 1)
+                                               1e6)
   bench_compile._print_program("train step", figures, chip, chip.hbm_bytes)
   out = capsys.readouterr().out
   assert "HBM per chip, GiB: arguments" in out and "of 16.00" in out
@@ -94,6 +95,28 @@ def test_collectives_are_counted_by_kind_with_their_bytes():
       "  %add = f32[16,32]{1,0} add(f32[16,32]{1,0} %ag, f32[16,32]{1,0} %agd)"])
   assert bench_compile.collectives(hlo) == {"all-gather": {"ops": 2, "bytes": 2 * 16 * 32 * 4},
                                             "all-reduce": {"ops": 1, "bytes": 16 + 16}}
+
+
+def test_collectives_across_slices_are_told_apart_by_their_groups():
+  """Two slices of four: groups within a slice stay on ICI, a group that joins slices (the
+  gradients' reduction over 'dcn', or one group of all) is timed at DCN bandwidth."""
+  from cloob_jax.bench import compile as bench_compile
+  hlo = "\n".join([
+      "  %a = f32[256]{0} all-reduce(f32[256]{0} %x), replica_groups={{0,1,2,3},{4,5,6,7}}",
+      "  %b = f32[64]{0} all-reduce(f32[64]{0} %y), replica_groups=[4,2]<=[2,4]T(1,0)",
+      "  %c = f32[16]{0} all-gather(f32[2]{0} %z), replica_groups={}, dimensions={0}",
+      "  %d = f32[8]{0} collective-permute(f32[8]{0} %w), source_target_pairs={{0,1},{1,2}}",
+      "  %send = (f32[4,8]{1,0}, u32[]{:S(2)}, token[]) send(%f, %after-all), channel_id=4, "
+      "is_host_transfer=true, frontend_attributes={_xla_megascale_transfer_type=\"ALL_REDUCE\"}"])
+  assert bench_compile.replica_groups(hlo.splitlines()[1]) == [[0, 4], [1, 5], [2, 6], [3, 7]]
+  got = bench_compile.collectives(hlo, [0] * 4 + [1] * 4)
+  assert got == {"all-reduce": {"ops": 3, "bytes": 4 * 352, "dcn_bytes": 4 * 96},
+                 "all-gather": {"ops": 1, "bytes": 64, "dcn_bytes": 64},
+                 "collective-permute": {"ops": 1, "bytes": 32, "dcn_bytes": 0}}
+  assert bench_compile.collectives(hlo, [0] * 8)["all-reduce"] == {"ops": 2, "bytes": 4 * 320}
+  chip = bench_compile.CHIPS["v5e"]
+  r = bench_compile.roofline(chip, 0.0, 0.0, 3e6, dcn_bytes=1e6)
+  assert r["ici_s"] == 2e6 / chip.ici_bytes_per_s and r["dcn_s"] == 1e6 / chip.dcn_bytes_per_s
 
 
 @pytest.mark.parametrize("name", ["v5e:16", "v5e-256", "v7:2x2", "v4:2x2", "v5p:0x2x2"])

@@ -68,6 +68,13 @@ COLLECTIVES = ("all-gather", "all-reduce", "reduce-scatter", "all-to-all", "coll
 _OP = re.compile(r"=\s*(\(?[^=]*?\)?)\s+(" + "|".join(COLLECTIVES) + r")(-start)?\(")
 _ARRAY = re.compile(r"\b(pred|[suf]\d+|bf16|c64|c128|f8e\w+)\[([\d,]*)\]")
 _ITEM_BYTES = {"pred": 1, "bf16": 2, "c64": 8, "c128": 16}
+# A multi-slice TPU program's DCN transfer: a send to libtpu's megascale runtime, tagged with
+# the collective it belongs to.
+_DCN_SEND = re.compile(r"=\s*\(([^=]*?)\)\s+send\(.*_xla_megascale_transfer_type=\"(\w+)\"")
+# Who talks to whom: explicit groups ({{0,1},{2,3}}; {} is every device), iota groups
+# ([2,4]<=[8], [4,2]<=[2,4]T(1,0)) or a collective-permute's pairs.
+_GROUPS = re.compile(r"(?:replica_groups|source_target_pairs)=(\{[\d,{}\s]*\}|"
+                     r"\[[\d,]+\]<=\[[\d,]+\](?:T\([\d,]+\))?)")
 
 
 def _parse(argv):
@@ -76,7 +83,8 @@ def _parse(argv):
   p.add_argument("--config", default="configs/demo.py", help="config file[:args]")
   p.add_argument("--topology", required=True, help=f"the slice: {VALID_FORMS}")
   p.add_argument("--num_slices", type=int, default=1,
-                 help="slices over DCN (the mesh stays the trainer's 1-D 'data' axis over all)")
+                 help="slices over DCN: the mesh is then ('dcn', 'data'), slices by chips, "
+                      "the batch split over both (parallel.hybrid_mesh)")
   p.add_argument("--remat", default=None, choices=("off", "full", "dots"),
                  help="both towers' remat (default: the config's, else the TPU default)")
   p.add_argument("--scan", choices=("on", "off"), default=None,
@@ -123,24 +131,52 @@ def topology_devices(name: str, num_slices: int = 1):
   return sorted(devices, key=lambda d: (getattr(d, "slice_index", 0), d.id))
 
 
-def make_mesh(devices):
-  """The trainer's 1-D 'data' mesh over `devices` (parallel.make_mesh); over several slices,
-  where jax.make_mesh refuses, the devices in slice-major order."""
-  import jax
+def replica_groups(line: str) -> list[list[int]] | None:
+  """The device groups of one collective's HLO line (ids: positions in the program's device
+  assignment, the mesh's devices in order); None: one group of every device."""
+  match = _GROUPS.search(line)
+  if not match or match.group(1) == "{}":
+    return None
   import numpy as np
-  from cloob_jax import parallel
-  if len({getattr(d, "slice_index", 0) for d in devices}) == 1:
-    return parallel.make_mesh(devices=devices)
-  return jax.sharding.Mesh(np.array(devices), ("data",),
-                           axis_types=(jax.sharding.AxisType.Auto,))
+  text = match.group(1)
+  if text.startswith("{"):
+    return [[int(i) for i in g.split(",") if i.strip()]
+            for g in re.findall(r"\{([\d,\s]*)\}", text[1:-1])]
+  shape, dims, perm = re.fullmatch(r"\[([\d,]+)\]<=\[([\d,]+)\](?:T\(([\d,]+)\))?",
+                                   text).groups()
+  ids = np.arange(math.prod(int(d) for d in dims.split(","))).reshape(
+      [int(d) for d in dims.split(",")])
+  if perm:
+    ids = ids.transpose([int(d) for d in perm.split(",")])
+  return ids.reshape([int(d) for d in shape.split(",")]).tolist()
 
 
-def collectives(hlo_text: str) -> dict[str, dict[str, int]]:
+def crosses_slices(groups: list[list[int]] | None, slice_of: list[int]) -> bool:
+  """Whether any group joins devices of different slices (`slice_of[id]`): bytes over DCN."""
+  if groups is None:
+    return len(set(slice_of)) > 1
+  return any(len({slice_of[i] for i in g}) > 1 for g in groups)
+
+
+def collectives(hlo_text: str, slice_of: list[int] | None = None) -> dict[str, dict[str, int]]:
   """{kind: {'ops', 'bytes'}} of the collectives in optimised HLO text, bytes being each op's
   result on one device (for an async '-start', its largest array). An op inside a loop body
-  is counted once, not once per iteration."""
-  out = collections.defaultdict(lambda: {"ops": 0, "bytes": 0})
+  is counted once, not once per iteration. With `slice_of` (each device's slice, in the
+  program's device order) spanning several slices, also 'dcn_bytes': the data each chip sends
+  over DCN (libtpu's megascale sends, counted under their collective's kind) and the ops whose
+  groups cross slices."""
+  multislice = slice_of is not None and len(set(slice_of)) > 1
+  out = collections.defaultdict(lambda: dict({"ops": 0, "bytes": 0},
+                                             **({"dcn_bytes": 0} if multislice else {})))
   for line in hlo_text.splitlines():
+    dcn = _DCN_SEND.search(line)
+    if dcn and multislice:  # libtpu's multi-slice program sends DCN's share to the runtime
+      sizes = [_array_bytes(t, dims) for t, dims in _ARRAY.findall(dcn.group(1))]
+      kind = dcn.group(2).lower().replace("_", "-")
+      out[kind]["ops"] += 1
+      out[kind]["bytes"] += sizes[0]
+      out[kind]["dcn_bytes"] += sizes[0]
+      continue
     match = _OP.search(line)
     if not match:
       continue
@@ -148,8 +184,11 @@ def collectives(hlo_text: str) -> dict[str, dict[str, int]]:
     if not sizes:
       continue
     kind = match.group(2)
+    size = max(sizes) if match.group(3) else sum(sizes)
     out[kind]["ops"] += 1
-    out[kind]["bytes"] += max(sizes) if match.group(3) else sum(sizes)
+    out[kind]["bytes"] += size
+    if multislice and crosses_slices(replica_groups(line), slice_of):
+      out[kind]["dcn_bytes"] += size
   return dict(out)
 
 
@@ -182,18 +221,16 @@ def cost(compiled) -> dict[str, float]:
 
 
 def roofline(chip: Chip, flops: float, hbm_bytes: float, collective_bytes: float,
-             num_slices: int) -> dict[str, float]:
+             dcn_bytes: float = 0.0) -> dict[str, float]:
   """Lower bound of a step's seconds on `chip`: max(FLOPs / peak, HBM bytes / bandwidth) plus
-  collective bytes / link bandwidth (ICI; DCN's per-chip share with several slices, where
-  published). An estimate from public peak figures, never a measured time."""
+  collective bytes / link bandwidth: ICI's, and DCN's per-chip share for the `dcn_bytes` (of
+  `collective_bytes`) whose groups cross slices (at ICI's where DCN's is not published). An
+  estimate from public peak figures, never a measured time."""
   compute_s, hbm_s = flops / chip.peak_bf16_flops, hbm_bytes / chip.hbm_bytes_per_s
-  link = chip.ici_bytes_per_s
-  if num_slices > 1 and chip.dcn_bytes_per_s:
-    link = chip.dcn_bytes_per_s  # a 1-D mesh over slices: every collective crosses DCN
-  link_s = collective_bytes / link
-  return {"compute_s": compute_s, "hbm_s": hbm_s, "link_s": link_s,
-          "link": "dcn" if link != chip.ici_bytes_per_s else "ici",
-          "step_s": max(compute_s, hbm_s) + link_s}
+  ici_s = (collective_bytes - dcn_bytes) / chip.ici_bytes_per_s
+  dcn_s = dcn_bytes / (chip.dcn_bytes_per_s or chip.ici_bytes_per_s)
+  return {"compute_s": compute_s, "hbm_s": hbm_s, "ici_s": ici_s, "dcn_s": dcn_s,
+          "link_s": ici_s + dcn_s, "step_s": max(compute_s, hbm_s) + ici_s + dcn_s}
 
 
 def _tower_overrides(config, args, model_config):
@@ -249,17 +286,18 @@ def train_program(config, mesh):
   return setup, state, batch
 
 
-def _figures(compiled, compile_s) -> dict:
+def _figures(compiled, compile_s, mesh=None) -> dict:
   hlo = compiled.as_text()
+  slice_of = None if mesh is None else [getattr(d, "slice_index", 0) for d in mesh.devices.flat]
   return {"compile_s": compile_s, "memory": memory(compiled), **cost(compiled),
-          "collectives": collectives(hlo)}
+          "collectives": collectives(hlo, slice_of)}
 
 
 def compile_train(config, mesh) -> tuple[dict, object, object]:
   setup, state, batch = train_program(config, mesh)
   t0 = time.perf_counter()
   compiled = setup.step.lower(state, batch).compile()
-  figures = _figures(compiled, time.perf_counter() - t0)
+  figures = _figures(compiled, time.perf_counter() - t0, mesh)
   figures["state_bytes"] = _bytes_per_device(state)
   figures["params_bytes"] = _bytes_per_device(state["params"])
   return figures, setup, state
@@ -274,7 +312,7 @@ def compile_eval(config, setup, state) -> dict:
   from cloob_jax import parallel
   from cloob_jax.evaluators import common
   mesh, mc = setup.mesh, setup.model_config
-  shards = parallel.axis_size(mesh, "data")
+  shards = parallel.axis_size(mesh, parallel.batch_axes(mesh))
   n = -(-int(config.get("eval_batch_size", 256)) // shards) * shards
   replicated, sharding = parallel.replicated_sharding(mesh), setup.batch_sharding
   variables = models.variables(state["params"], state["batch_stats"])
@@ -288,7 +326,7 @@ def compile_eval(config, setup, state) -> dict:
   for name, fn, x in (("images", images_fn, images), ("texts", texts_fn, tokens)):
     t0 = time.perf_counter()
     compiled = fn.lower(variables, x).compile()
-    out[name] = _figures(compiled, time.perf_counter() - t0)
+    out[name] = _figures(compiled, time.perf_counter() - t0, mesh)
   return out
 
 
@@ -335,15 +373,17 @@ def _print_program(title, fig, chip, capacity):
   print(line + f"; HBM bytes accessed (compiler) {fig['bytes_accessed']:.4g}")
   if fig["collectives"]:
     print("  collectives per chip per step: " + ", ".join(
-        f"{k} {v['ops']}x {v['bytes'] / 2**20:.2f} MiB" for k, v in sorted(
-            fig["collectives"].items())))
+        f"{k} {v['ops']}x {v['bytes'] / 2**20:.2f} MiB"
+        + (f" ({v['dcn_bytes'] / 2**20:.2f} MiB across slices)" if "dcn_bytes" in v else "")
+        for k, v in sorted(fig["collectives"].items())))
   else:
     print("  collectives per chip per step: none")
   r = fig.get("roofline")
   if r:
     print(f"  roofline lower bound on {chip.name} (an estimate, not a measurement): compute "
-          f"{r['compute_s'] * 1e3:.2f} ms, HBM {r['hbm_s'] * 1e3:.2f} ms, {r['link'].upper()} "
-          f"{r['link_s'] * 1e3:.2f} ms -> {r['step_s'] * 1e3:.2f} ms/step"
+          f"{r['compute_s'] * 1e3:.2f} ms, HBM {r['hbm_s'] * 1e3:.2f} ms, ICI "
+          f"{r['ici_s'] * 1e3:.2f} ms" + (f", DCN {r['dcn_s'] * 1e3:.2f} ms" if r["dcn_s"] else "")
+          + f" -> {r['step_s'] * 1e3:.2f} ms/step"
           + (f", at most {r['images_per_s']:,.0f} images/s" if "images_per_s" in r else ""))
 
 
@@ -360,7 +400,7 @@ def run_compile(args) -> tuple[dict, bool]:
   base = models.get_config(config.model.name, **config.model.overrides.to_dict())
   _tower_overrides(config, args, base)
   config.model.overrides = ml_collections.ConfigDict(config.model.overrides.to_dict())
-  mesh = make_mesh(devices)
+  mesh = parallel.make_mesh(devices=devices)  # ('dcn', 'data') over several slices
   platform = parallel.platform(mesh)
   mc = models.get_config(config.model.name, **config.model.overrides.to_dict())
   choices = platform_choices(mc, platform)
@@ -387,8 +427,9 @@ def run_compile(args) -> tuple[dict, bool]:
   flops = model_flops(config, mesh, choices)
   train["model_flops"] = train["flops"] if flops is None else flops
   collective_bytes = sum(v["bytes"] for v in train["collectives"].values())
+  dcn_bytes = sum(v.get("dcn_bytes", 0) for v in train["collectives"].values())
   train["roofline"] = roofline(chip, train["flops"], train["bytes_accessed"], collective_bytes,
-                               args.num_slices)
+                               dcn_bytes)
   train["roofline"]["images_per_s"] = config.batch_size / train["roofline"]["step_s"]
   figures["train_step"] = train
   _print_program("train step", train, chip, capacity)
