@@ -482,3 +482,50 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(workdir, tmp_path, expo
     assert cases[case][1] in lines[0], (case, lines[0])
   assert sorted(os.listdir(tmp_path)) == ["existing"]
   assert os.listdir(existing) == ["keep.txt"] and (existing / "keep.txt").read_text() == "mine"
+
+
+# --------------------------------------------------------------------------- the README's recipe
+
+
+def _readme_blocks(section):
+  """The fenced code blocks of README.md's `## section`, in order: [(language, text)]."""
+  with open(os.path.join(REPO, "README.md")) as f:
+    readme = f.read()
+  body = readme.split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0]
+  return re.findall(r"^```(\w*)\n(.*?)^```$", body, re.DOTALL | re.MULTILINE)
+
+
+def test_readme_export_recipe_runs_as_written(workdir, tmp_path):
+  """README's 'Export and fine-tune': its one command's exports and its PyTorch snippet, run as
+  written in a fresh folder. Its training part is replaced by the workdir above (the same
+  ViT-tiny, 4 steps; CLOOB rather than CLIP, which the export does not look at)."""
+  (language, command), (snippet_language, snippet) = _readme_blocks("Export and fine-tune")[:2]
+  assert (language, snippet_language) == ("bash", "python")
+  train, *exports = command.replace("\\\n", " ").split(" && ")
+  assert train.split() == ["python", "-m", "cloob_jax.main",
+                           "--config=configs/demo.py:tiny=True,method=clip",
+                           "--workdir=runs/demo_vit"]
+  assert [e.split()[:5] for e in exports] == [
+      ["python", "-m", "cloob_jax.export", "--workdir=runs/demo_vit", f"--format={fmt}"]
+      for fmt in ("open_clip", "hf")]
+  os.makedirs(tmp_path / "runs")
+  os.symlink(workdir, tmp_path / "runs" / "demo_vit")
+  bin_dir = tmp_path / "bin"  # `python` in the README is this interpreter (its venv too)
+  os.makedirs(bin_dir)
+  (bin_dir / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+  (bin_dir / "python").chmod(0o755)
+  env = dict(_env(), PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", HF_HUB_OFFLINE="1")
+  proc = subprocess.run(["bash", "-euo", "pipefail", "-c", " && ".join(exports)], cwd=tmp_path,
+                        env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  (tmp_path / "snippet.py").write_text(snippet)
+  proc = subprocess.run([sys.executable, "snippet.py"], cwd=tmp_path, env=env,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  printed = dict(line.split(" ", 1) for line in proc.stdout.splitlines())
+  assert sorted(printed) == ["hf", "open_clip"], proc.stdout
+  # Each prints P(caption | image) for the three captions, rounded: the same in both libraries.
+  probs = {k: np.array(v.strip(" []").split(), float) for k, v in printed.items()}
+  assert probs["open_clip"].shape == (3,), proc.stdout
+  assert probs["open_clip"].sum() == pytest.approx(1, abs=3e-3)
+  np.testing.assert_allclose(probs["open_clip"], probs["hf"], atol=2e-3)
