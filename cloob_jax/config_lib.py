@@ -96,6 +96,22 @@ def apply_override(config: ml_collections.ConfigDict, item: str) -> None:
                            f"{type(old).__name__} ({e})") from None
 
 
+def check_accum_steps(config: ml_collections.ConfigDict) -> int:
+  """config.accum_steps (1 when absent): a positive int that divides config.batch_size.
+
+  Whether the micro-batches split over the devices is checked where the mesh is known
+  (`train.create_train_setup`).
+  """
+  k = config.get("accum_steps", 1)
+  if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+    raise errors.UserError(f"config.accum_steps={k!r} must be a positive int (1: no "
+                           "accumulation)")
+  if config.batch_size % k:
+    raise errors.UserError(f"config.accum_steps={k} does not divide config.batch_size="
+                           f"{config.batch_size} into equal micro-batches")
+  return k
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Refuses a config that cannot train, naming the key, before any compile or data read."""
   from cloob_jax import objectives  # pylint: disable=g-import-not-at-top
@@ -106,6 +122,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for key in ("batch_size", "total_steps", "log_every", "checkpoint_every", "keep_checkpoints"):
     if int(config[key]) <= 0:
       raise errors.UserError(f"config.{key} must be positive, got {config[key]}")
+  check_accum_steps(config)
   if config.inv_tau <= 0 or (objectives.get(config.method).needs_beta and config.beta <= 0):
     raise errors.UserError(f"config.inv_tau ({config.inv_tau}) and config.beta ({config.beta}) "
                            "must be positive")

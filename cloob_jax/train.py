@@ -92,11 +92,103 @@ def mean_cosine(embeddings: jax.Array) -> jax.Array:
   return (jnp.sum(total * total) - n) / (n * (n - 1))
 
 
-def train_step(state, batch, *, model, tx, schedule, loss_fn, config):
+def _objective_loss(params, img, txt, *, loss_fn, config, objective):
+  """(loss, 1/tau) of [B, d] embeddings, the objective's learnt scalars read from `params`."""
+  log_inv_tau = params["logit_scale"]
+  if not config.learn_inv_tau:
+    log_inv_tau = jax.lax.stop_gradient(log_inv_tau)
+  inv_tau = losses.inv_tau_from_log(log_inv_tau)
+  extra = {s.name: s.transform(params[s.param]) for s in objective.extra_scalars}
+  return loss_fn(img, txt, inv_tau, config.beta, **extra), inv_tau
+
+
+def accum_steps(config: ml_collections.ConfigDict) -> int:
+  """config.accum_steps, 1 for configs written before it existed."""
+  return int(config.get("accum_steps", 1))
+
+
+def _micro_batches(array, k, sharding):
+  """[B, ...] -> [k, B/k, ...]: micro-batch j holds rows j, j + k, j + 2k, ... Each device
+  keeps its own rows (B/k splits over the devices), so the split moves no data."""
+  stacked = jnp.moveaxis(array.reshape(array.shape[0] // k, k, *array.shape[1:]), 1, 0)
+  if sharding is not None:
+    stacked = jax.lax.with_sharding_constraint(
+        stacked, jax.NamedSharding(sharding.mesh, jax.P(None, *sharding.spec)))
+  return stacked
+
+
+def _global_rows(stacked):
+  """The inverse of `_micro_batches`: [k, B/k, ...] -> [B, ...] in the batch's row order."""
+  return jnp.moveaxis(stacked, 0, 1).reshape(-1, *stacked.shape[2:])
+
+
+def _accumulated_value_and_grad(params, batch_stats, batch, *, model, loss_fn, config,
+                                objective, sharding, rngs=None):
+  """The full-batch loss and its exact gradient at the activation memory of a micro-batch.
+
+  Full-batch (GradCache-style) accumulation over k = config.accum_steps micro-batches:
+    1. embed each micro-batch without keeping activations (a scan, no gradient);
+    2. take the loss of all B embeddings (the same `loss_fn` as k = 1: every negative and the
+       whole Hopfield memory of the global batch) and its gradient w.r.t. the embeddings and
+       the learnt scalars;
+    3. run each micro-batch forward again and pull its rows of those gradients back through
+       the towers (a VJP), summing the parameter gradients.
+  BatchNorm towers normalise each micro-batch with its own statistics (as open_clip's
+  --accum-freq), and the running statistics are updated once per micro-batch, in step 1; in
+  train mode the outputs do not read the running statistics, so step 3 sees the same function.
+  `rngs` ({name: key}, e.g. patch dropout's) are folded with the micro-batch's index, the same
+  in steps 1 and 3, so both passes of a micro-batch draw the same tokens.
+
+  Returns:
+    (loss, (batch_stats, inv_tau, image_mean_cosine, text_mean_cosine)), grads: as
+    `jax.value_and_grad(..., has_aux=True)` of the k = 1 step.
+  """
+  k = accum_steps(config)
+  images = _micro_batches(batch["image"], k, sharding)
+  tokens = _micro_batches(batch["tokens"], k, sharding)
+  index = jnp.arange(k)  # folded into the micro-batch's rngs
+
+  def embed(params, batch_stats, images, tokens, j):
+    """Micro-batch j: ([B/k, d] image and text embeddings, updated batch statistics)."""
+    (img, txt), updates = model.apply(
+        models.variables(params, batch_stats), inputs.normalize(images), tokens, train=True,
+        mutable=["batch_stats"],
+        rngs={name: jax.random.fold_in(key, j) for name, key in (rngs or {}).items()})
+    return (img, txt), updates.get("batch_stats", {})
+
+  def embed_step(batch_stats, xs):
+    embeddings, batch_stats = embed(params, batch_stats, *xs)
+    return batch_stats, embeddings
+
+  new_batch_stats, (img, txt) = jax.lax.scan(embed_step, batch_stats, (images, tokens, index))
+  img, txt = _global_rows(img), _global_rows(txt)
+
+  loss_of_embeddings = functools.partial(_objective_loss, loss_fn=loss_fn, config=config,
+                                         objective=objective)
+  (loss, inv_tau), (scalar_grads, img_grads, txt_grads) = jax.value_and_grad(
+      loss_of_embeddings, argnums=(0, 1, 2), has_aux=True)(params, img, txt)
+
+  def pull_back(grads, xs):
+    images, tokens, j, img_grad, txt_grad = xs
+    _, vjp = jax.vjp(lambda p: embed(p, batch_stats, images, tokens, j)[0], params)
+    (tower_grads,) = vjp((img_grad, txt_grad))
+    return jax.tree.map(jnp.add, grads, tower_grads), None
+
+  # The scalars' gradients start the sum: the towers' VJPs add zero to them.
+  grads, _ = jax.lax.scan(pull_back, scalar_grads, (
+      images, tokens, index, _micro_batches(img_grads, k, sharding),
+      _micro_batches(txt_grads, k, sharding)))
+  return (loss, (new_batch_stats, inv_tau, mean_cosine(img), mean_cosine(txt))), grads
+
+
+def train_step(state, batch, *, model, tx, schedule, loss_fn, config, batch_sharding=None):
   """One optimizer step on a global batch {'image': uint8 [B,S,S,3], 'tokens': int32 [B,L]}.
 
   An optional 'stop' int32 [B] (each process fills its rows with its own stop flag) comes back
   as metrics[STOP], its maximum over all processes, so that every process sees the same value.
+  With config.accum_steps = k > 1 the gradient is the same full-batch gradient, computed over
+  k micro-batches of B/k rows (`_accumulated_value_and_grad`); `batch_sharding`, the batch's
+  sharding, keeps each micro-batch split over the same devices.
   """
   images = inputs.normalize(batch["image"])
   objective = objectives.get(config.method)
@@ -109,16 +201,17 @@ def train_step(state, batch, *, model, tx, schedule, loss_fn, config):
     variables = models.variables(params, state["batch_stats"])
     (img, txt), updates = model.apply(variables, images, batch["tokens"], train=True,
                                          mutable=["batch_stats"], rngs=rngs)
-    log_inv_tau = params["logit_scale"]
-    if not config.learn_inv_tau:
-      log_inv_tau = jax.lax.stop_gradient(log_inv_tau)
-    inv_tau = losses.inv_tau_from_log(log_inv_tau)
-    extra = {s.name: s.transform(params[s.param]) for s in objective.extra_scalars}
-    loss = loss_fn(img, txt, inv_tau, config.beta, **extra)
+    loss, inv_tau = _objective_loss(params, img, txt, loss_fn=loss_fn, config=config,
+                                    objective=objective)
     return loss, (updates.get("batch_stats", {}), inv_tau, mean_cosine(img), mean_cosine(txt))
 
-  (loss, (batch_stats, inv_tau, image_cos, text_cos)), grads = jax.value_and_grad(
-      compute_loss, has_aux=True)(state["params"])
+  if accum_steps(config) == 1:
+    (loss, (batch_stats, inv_tau, image_cos, text_cos)), grads = jax.value_and_grad(
+        compute_loss, has_aux=True)(state["params"])
+  else:
+    (loss, (batch_stats, inv_tau, image_cos, text_cos)), grads = _accumulated_value_and_grad(
+        state["params"], state["batch_stats"], batch, model=model, loss_fn=loss_fn,
+        config=config, objective=objective, sharding=batch_sharding, rngs=rngs)
   updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
   params = optax.apply_updates(state["params"], updates)
   for scalar in objective.scalars:  # each in its declared range ([0, log 100] for log 1/tau)
@@ -159,6 +252,13 @@ def create_train_setup(config: ml_collections.ConfigDict, mesh=None) -> TrainSet
   except ValueError:
     raise errors.UserError(f"config.batch_size={config.batch_size} is not divisible by the "
                            f"{mesh.size} devices") from None
+  k = config_lib.check_accum_steps(config)
+  try:
+    parallel.local_batch_size(config.batch_size // k, mesh)
+  except ValueError:
+    raise errors.UserError(f"config.accum_steps={k}: micro-batches of {config.batch_size // k} "
+                           f"rows (config.batch_size={config.batch_size} / {k}) do not split "
+                           f"over the {mesh.size} devices") from None
   batch_sharding = parallel.batch_sharding(mesh)
   tx, schedule = optim.create_optimizer(
       config.optimizer, config.total_steps, optim.gradient_clipping(config))
@@ -176,7 +276,7 @@ def create_train_setup(config: ml_collections.ConfigDict, mesh=None) -> TrainSet
           train_step, model=model, tx=tx, schedule=schedule,
           loss_fn=parallel.make_loss_fn(config.method, mesh,
                                         chunk=config.get("objective_chunk", "auto")),
-          config=config), target),
+          config=config, batch_sharding=batch_sharding), target),
       in_shardings=(shardings, batch_sharding),
       out_shardings=(shardings, parallel.replicated_sharding(mesh)), donate_argnums=(0,))
   return TrainSetup(model_config, model, mesh, tx, schedule, shardings, batch_sharding,

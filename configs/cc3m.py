@@ -5,7 +5,8 @@ r"""CLOOB on Conceptual Captions 3M, the paper's setup (docs/method.md).
 Args: model (RN50|RN101|RN50x4|ViT-B/32|ViT-B/16), method (cloob|clip|infoloob|siglip|
 hopfield_infonce|hopfield_siglip), data_dir (shards from `python -m cloob_jax.data.convert`: a
 local folder, a gcsfuse mount, or gs:// with cache_dir=/local/disk to copy them to), epochs,
-batch_size.
+batch_size, accum_steps (micro-batches per step: batch_size / accum_steps rows each, the same
+full-batch gradient at a micro-batch's memory).
 """
 
 import ml_collections
@@ -44,6 +45,13 @@ def paper_config(arg, *, dataset_size, lr, warmup_steps, restarts):
 
   config.fsdp = arg.model.startswith("ViT-L")  # shard what is too big to replicate
   config.batch_size = arg.batch_size
+  # Gradient accumulation: the global batch runs as accum_steps micro-batches of
+  # batch_size / accum_steps rows (each split over the devices), at a micro-batch's activation
+  # memory. The loss still sees all batch_size embeddings (every negative, the whole Hopfield
+  # memory), so the gradient is the full batch's; the cost is one extra forward pass. BatchNorm
+  # towers (the ResNets) normalise each micro-batch with its own statistics and update their
+  # running statistics once per micro-batch.
+  config.accum_steps = arg.accum_steps
   config.total_steps = arg.epochs * dataset_size // arg.batch_size
   config.optimizer = ml_collections.ConfigDict(dict(
       lr=lr, b1=0.9, b2=0.999 if resnet else 0.98, eps=1e-8 if resnet else 1e-6,
@@ -60,7 +68,7 @@ def paper_config(arg, *, dataset_size, lr, warmup_steps, restarts):
 def get_config(arg=None):
   arg = config_lib.parse_arg(arg, model="RN50", method="cloob", data_dir="",
                              cache_dir="", epochs=31,
-                             batch_size=512, workers=8, dtype="bfloat16")
+                             batch_size=512, accum_steps=1, workers=8, dtype="bfloat16")
   # CC3M runs: lr 1e-3, 10k warmup steps, cosine with restarts.
   return paper_config(arg, dataset_size=CC3M_TRAIN_SIZE, lr=1e-3, warmup_steps=10_000,
                       restarts=1)

@@ -13,7 +13,7 @@ from cloob_jax.evaluators import suites
 
 def get_config(arg=None):
   arg = config_lib.parse_arg(arg, method="cloob", steps=750, batch_size=256, seed=0, tiny=False,
-                             evals=True)
+                             evals=True, accum_steps=1)
   config = ml_collections.ConfigDict()
   config.seed = arg.seed
   config.method = arg.method
@@ -75,6 +75,11 @@ def get_config(arg=None):
   # not on seeds 1 and 2 (docs/report_1500/report.md; 750 steps: docs/report.md). CLIP learns
   # every task on every seed. The paper trained at 512.
   config.batch_size = arg.batch_size
+  # Micro-batches per step: the same full-batch gradient (every negative, the whole Hopfield
+  # memory) at the activation memory of batch_size / accum_steps rows, for one extra forward.
+  # BatchNorm (ConvNet-tiny) normalises each micro-batch with its own statistics and updates
+  # its running statistics once per micro-batch (train._accumulated_value_and_grad).
+  config.accum_steps = arg.accum_steps
   config.total_steps = arg.steps
   config.optimizer = ml_collections.ConfigDict(dict(
       lr=1e-3, b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.1,

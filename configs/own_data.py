@@ -11,8 +11,8 @@ one line naming the converter (no dataset size is assumed). Warm-up: a tenth of 
 most the CC3M recipe's 10,000. Args: data_dir, model (RN50|RN101|RN50x4|ViT-B/32|ViT-B/16|...),
 method (cloob|clip|infoloob|siglip|...), epochs, batch_size, lr, eval_path (a folder of class
 sub-folders, CLIP_benchmark tars or tfds:NAME: zero-shot top-1 every eval_every steps),
-eval_every, cache_dir (a local folder: a gs:// data_dir's shards are copied there), workers,
-dtype.
+eval_every, accum_steps (micro-batches per step, as configs/cc3m.py), cache_dir (a local
+folder: a gs:// data_dir's shards are copied there), workers, dtype.
 """
 
 import os
@@ -40,8 +40,8 @@ def num_records(data_dir: str, cache_dir: str = "") -> int:
 
 def get_config(arg=None):
   arg = config_lib.parse_arg(arg, model="RN50", method="cloob", data_dir="", cache_dir="",
-                             epochs=10, batch_size=256, lr=1e-3, eval_path="", eval_every=0,
-                             workers=8, dtype="bfloat16")
+                             epochs=10, batch_size=256, accum_steps=1, lr=1e-3, eval_path="",
+                             eval_every=0, workers=8, dtype="bfloat16")
   records_in_data = num_records(arg.data_dir, arg.cache_dir)
   steps = max(1, records_in_data * arg.epochs // arg.batch_size)
   config = _paper_config()(arg, dataset_size=records_in_data, lr=arg.lr,

@@ -21,7 +21,7 @@ def _paper_config():
 def get_config(arg=None):
   arg = config_lib.parse_arg(arg, model="RN50", method="cloob", data_dir="",
                              cache_dir="", epochs=28,
-                             batch_size=1024, workers=8, dtype="bfloat16")
+                             batch_size=1024, accum_steps=1, workers=8, dtype="bfloat16")
   # YFCC runs: lr 5e-4 (the code default), 20k warmup steps, plain cosine.
   return _paper_config()(arg, dataset_size=YFCC_TRAIN_SIZE, lr=5e-4, warmup_steps=20_000,
                          restarts=0)
