@@ -45,7 +45,7 @@ HOSTNAME = subprocess.run(["hostname"], capture_output=True, text=True).stdout.s
 
 # Environment variables of the launchers (and the caller's SLURM job) kept out of the tests.
 _LAUNCHER_ENV = ("DRY_RUN", "GCLOUD_FLAGS", "REPO_DIR", "REMOTE_PYTHON", "VENV", "PYTHON", "PORT",
-                 "EXPECT_BACKEND", "LOG_DIR")
+                 "EXPECT_BACKEND", "LOG_DIR", "PYTHON_BOOTSTRAP", "LOCAL_PYTHON")
 
 FAKE_GCLOUD = f"""#!{sys.executable}
 import json, os, shutil, subprocess, sys
@@ -87,6 +87,32 @@ fi
 exit 0
 """
 
+# uv on a worker (~/.local/bin/uv): `python install 3.12` succeeds, `python find 3.12` prints
+# $FAKE_UV_PYTHON; every call is recorded in $FAKE_CALLS as FAKE_REMOTE_PYTHON does.
+FAKE_UV = """#!/usr/bin/env bash
+{ printf '%s' "$0"; printf '\\x1f%s' "$@"; printf '\\n'; } >> "$FAKE_CALLS"
+if [ "$*" = "python find 3.12" ]; then echo "$FAKE_UV_PYTHON"; fi
+exit 0
+"""
+
+# curl: records its arguments; for astral.sh's uv installer it prints a script that installs
+# the fake uv into $UV_INSTALL_DIR, as the real one does.
+FAKE_CURL = """#!/usr/bin/env bash
+printf '%s\\n' "$*" >> "$FAKE_CURL_LOG"
+case $* in
+  *astral.sh/uv/install.sh*) printf 'mkdir -p "$UV_INSTALL_DIR" && cp %q "$UV_INSTALL_DIR"/uv\\n' \\
+      "$FAKE_UV_SOURCE" ;;
+  *) exit 22 ;;
+esac
+"""
+
+# The local interpreter of `run`'s config check: records its working directory and arguments
+# (NUL-separated) in $FAKE_LOCAL_LOG and exits with $FAKE_LOCAL_EXIT.
+FAKE_LOCAL_PYTHON = """#!/usr/bin/env bash
+{ pwd; printf '%s\\0' "$@"; } > "$FAKE_LOCAL_LOG"
+exit "${FAKE_LOCAL_EXIT:-0}"
+"""
+
 # srun: records its arguments as a JSON line in $FAKE_SRUN_LOG; runs the install check
 # (`PYTHON -c CODE ...`) on this machine as one node would, and does not start training.
 FAKE_SRUN = f"""#!{sys.executable}
@@ -117,12 +143,16 @@ def fake(tmp_path):
   (tmp_path / "tmp").mkdir()
   _write(tmp_path / "bin" / "gcloud", FAKE_GCLOUD)
   _write(tmp_path / "bin" / "srun", FAKE_SRUN)
+  _write(tmp_path / "bin" / "curl", FAKE_CURL)
+  local_python = _write(tmp_path / "local" / "python3", FAKE_LOCAL_PYTHON)
   env = {k: v for k, v in os.environ.items()
          if k not in _LAUNCHER_ENV and not k.startswith("SLURM_")}
   env.update(HOME=str(home), TMPDIR=str(tmp_path / "tmp"),
              PATH=f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}",
              FAKE_GCLOUD_LOG=str(tmp_path / "gcloud.log"), FAKE_SRUN_LOG=str(tmp_path / "srun.log"),
-             FAKE_ARGS_DIR=str(args_dir), FAKE_CALLS=str(tmp_path / "calls.log"))
+             FAKE_ARGS_DIR=str(args_dir), FAKE_CALLS=str(tmp_path / "calls.log"),
+             FAKE_CURL_LOG=str(tmp_path / "curl.log"), LOCAL_PYTHON=str(local_python),
+             FAKE_LOCAL_LOG=str(tmp_path / "local.log"))
 
   class Fake:
     pass
@@ -131,6 +161,9 @@ def fake(tmp_path):
   f.repo_dir = home / "cloob_jax"  # the default REPO_DIR, ~/cloob_jax
   f.gcloud_calls = lambda: _json_lines(tmp_path / "gcloud.log")
   f.srun_calls = lambda: _json_lines(tmp_path / "srun.log")
+  f.local_python = str(local_python)
+  f.curl_calls = lambda: ((tmp_path / "curl.log").read_text().splitlines()
+                          if (tmp_path / "curl.log").exists() else [])
   yield f
   # Stop fake training processes a test left running (by their recorded pid).
   for pidfile in (f.repo_dir / "logs").glob("*.pid") if (f.repo_dir / "logs").is_dir() else []:
@@ -141,6 +174,15 @@ def fake(tmp_path):
 
 def _json_lines(path):
   return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _local_check(fake):
+  """(working directory, arguments) of the last local config check, or None."""
+  path = fake.tmp / "local.log"
+  if not path.exists():
+    return None
+  cwd, args = path.read_text().split("\n", 1)
+  return cwd, args.split("\0")[:-1]
 
 
 def _alive(pid):
@@ -244,13 +286,17 @@ def test_tpu_run_dry_run_pasted_delivers_every_argument_unchanged(fake, remote_s
   _write(fake.repo_dir / ".venv" / "bin" / "python", FAKE_MAIN)
   proc = _tpu(fake, "--dry-run", "run", "my-tpu", "us-central2-b", "--", *ARGS)
   assert proc.returncode == 0, proc.stderr
-  assert fake.gcloud_calls() == []  # a dry run runs nothing
+  assert fake.gcloud_calls() == [] and _local_check(fake) is None  # a dry run runs nothing
   lines = proc.stdout.splitlines()
-  assert len(lines) == 1, lines
+  assert len(lines) == 2, lines
+  assert lines[0].startswith(f"(cd {REPO} && {fake.local_python} -m cloob_jax.main ")
+  assert lines[0].endswith(" --print_config >/dev/null)")
   # Pasted here (one round of bash), then the worker's shell parses the remote command.
   pasted = _paste(lines, {**fake.env, "FAKE_REMOTE_SHELL": remote_shell})
   assert pasted.returncode == 0, pasted.stdout + pasted.stderr
   assert _recorded_args(fake) == [["-m", "cloob_jax.main", *ARGS]]
+  # The config was loaded here first, from the checkout, with the same arguments.
+  assert _local_check(fake) == (str(REPO), ["-m", "cloob_jax.main", *ARGS, "--print_config"])
   (call,) = fake.gcloud_calls()
   assert call[:7] == ["compute", "tpus", "tpu-vm", "ssh", "my-tpu", "--zone=us-central2-b",
                       "--worker=all"]
@@ -263,7 +309,7 @@ def test_tpu_run_dry_run_pasted_delivers_every_argument_unchanged(fake, remote_s
 def test_tpu_remote_command_alone_parses_back_to_the_arguments(fake):
   """The remote command, parsed once by bash, gives main exactly ARGS (no gcloud involved)."""
   proc = _tpu(fake, "--dry-run", "run", "n", "z", "--", *ARGS)
-  (line,) = proc.stdout.splitlines()
+  _, line = proc.stdout.splitlines()
   command = [w for w in _words(line) if w.startswith("--command=")][0][len("--command="):]
   main_part = command.split("nohup .venv/bin/python ", 1)[1].split(" >>", 1)[0]
   parsed = subprocess.run(["bash", "-c", f"printf '%s\\0' {main_part}"], capture_output=True,
@@ -277,6 +323,7 @@ def test_tpu_run_logs_stop_on_a_fake_worker(fake):
   started = _tpu(fake, "run", "my-tpu", "zone-a", "--", *ARGS, env=env)
   assert started.returncode == 0, started.stderr
   assert _recorded_args(fake) == [["-m", "cloob_jax.main", *ARGS]]
+  assert _local_check(fake) == (str(REPO), ["-m", "cloob_jax.main", *ARGS, "--print_config"])
   pid = int((fake.repo_dir / "logs" / f"{HOSTNAME}.pid").read_text())
   assert _alive(pid)
   log = fake.repo_dir / "logs" / f"{HOSTNAME}.log"
@@ -326,7 +373,20 @@ def test_tpu_setup_dry_run_shows_copy_and_install(fake):
   command = ssh[8]
   assert 'tar -xzf "$HOME"/cloob_jax-setup.tar.gz -C "$HOME"/cloob_jax' in command
   assert ".venv/bin/python -m pip install -e '.[tpu]'" in command
+  # Python >= 3.11 on every worker: python3 if it is one, else uv and its Python 3.12.
+  bootstrap = command.split("if [ ! -x .venv/bin/python ]; then ", 1)[1].split("; .venv/", 1)[0]
+  assert bootstrap.startswith("py=python3; if ! \"$py\" -c 'import sys; sys.exit(sys.version_info"
+                              " < (3, 11))' 2>/dev/null; then ")
+  assert ("curl -LsSf https://astral.sh/uv/install.sh | env UV_INSTALL_DIR=\"$HOME\"/.local/bin"
+          in bootstrap)
+  assert bootstrap.endswith('"$uv" python install 3.12; py=$("$uv" python find 3.12); fi; '
+                            '"$py" -m venv .venv; fi')
   assert rm == ["rm", "-f", tarball]
+  # PYTHON_BOOTSTRAP=none: no uv, and the reason to stop says how to go on.
+  none = _tpu(fake, "--dry-run", "setup", "my-tpu", "z", env={"PYTHON_BOOTSTRAP": "none"})
+  command = _words(none.stdout.splitlines()[2])[8]
+  assert "astral.sh" not in command and "python install" not in command
+  assert "set REMOTE_PYTHON to one, or PYTHON_BOOTSTRAP=uv to install Python 3.12" in command
 
 
 def _calls(fake):
@@ -380,12 +440,63 @@ def test_tpu_setup_on_a_fake_worker(fake, mode):
   assert [c[0] for c in _calls(fake)] == [venv_py] * 3
 
 
-def test_tpu_setup_refuses_an_old_python(fake):
+def test_tpu_setup_refuses_an_old_python_without_bootstrap(fake):
   py = str(_write(fake.tmp / "pybin" / "python3", FAKE_REMOTE_PYTHON))
-  proc = _tpu(fake, "setup", "my-tpu", "z", env={"REMOTE_PYTHON": py, "FAKE_OLD_PYTHON": "1"})
+  proc = _tpu(fake, "setup", "my-tpu", "z", env={"REMOTE_PYTHON": py, "FAKE_OLD_PYTHON": "1",
+                                                 "PYTHON_BOOTSTRAP": "none"})
   assert proc.returncode != 0
-  assert f"{HOSTNAME}: {py} is not Python >= 3.11: set REMOTE_PYTHON" in proc.stderr
-  assert not (fake.repo_dir / ".venv").exists()
+  assert (f"{HOSTNAME}: {py} is not Python >= 3.11: set REMOTE_PYTHON to one, or "
+          "PYTHON_BOOTSTRAP=uv to install Python 3.12 with uv") in proc.stderr
+  assert not (fake.repo_dir / ".venv").exists() and fake.curl_calls() == []
+  bad = _tpu(fake, "--dry-run", "setup", "my-tpu", "z", env={"PYTHON_BOOTSTRAP": "apt"})
+  assert bad.returncode == 2 and "PYTHON_BOOTSTRAP must be uv or none" in bad.stderr
+
+
+@pytest.mark.parametrize("uv_there", [False, True], ids=["uv installed", "uv already there"])
+def test_tpu_setup_bootstraps_python_3_12_with_uv(fake, uv_there):
+  """An image whose python3 is older: uv (installed by its script unless there) installs Python
+  3.12 and the venv is made with it; a second setup reuses the venv."""
+  old = str(_write(fake.tmp / "pybin" / "python3", FAKE_REMOTE_PYTHON))
+  new = str(_write(fake.tmp / "uv-python" / "bin" / "python3.12", FAKE_REMOTE_PYTHON))
+  uv_source = _write(fake.tmp / "uv-release" / "uv", FAKE_UV)
+  uv = fake.home / ".local" / "bin" / "uv"
+  if uv_there:
+    _write(uv, FAKE_UV)
+  env = {"REMOTE_PYTHON": old, "FAKE_OLD_PYTHON": "1", "FAKE_UV_PYTHON": new,
+         "FAKE_UV_SOURCE": str(uv_source)}
+  proc = _tpu(fake, "setup", "my-tpu", "z", env=env)
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  assert (f"{HOSTNAME}: {old} is not Python >= 3.11: installing Python 3.12 with uv"
+          in proc.stderr)
+  assert fake.curl_calls() == ([] if uv_there else ["-LsSf https://astral.sh/uv/install.sh"])
+  venv_py = ".venv/bin/python"
+  calls = _calls(fake)
+  assert calls[0][:2] == [old, "-c"] and "version_info < (3, 11)" in calls[0][2]
+  assert calls[1:4] == [[str(uv), "python", "install", "3.12"], [str(uv), "python", "find", "3.12"],
+                        [new, "-m", "venv", ".venv"]]
+  assert [c[:3] for c in calls[4:]] == [[venv_py, "-m", "pip"]] * 2 + [[venv_py, "-c",
+                                                                       calls[6][2]]]
+  assert (fake.repo_dir / ".venv" / "bin" / "python").exists()
+  again = _tpu(fake, "setup", "my-tpu", "z", env=env)
+  assert again.returncode == 0 and "installing Python" not in again.stderr
+  assert [c[0] for c in _calls(fake)] == [venv_py] * 3
+
+
+def test_tpu_run_checks_the_config_here_before_any_ssh(fake):
+  """`run` loads the config in this checkout first (the real binary, --print_config): a
+  mistyped key stops it, exit 2, before any gcloud call; --no-check goes straight to ssh."""
+  args = ["--config=configs/demo.py:tiny=True", "--config.batch_sise=8", "--workdir=gs://b/r"]
+  proc = _tpu(fake, "run", "my-tpu", "z", "--", *args, env={"LOCAL_PYTHON": sys.executable})
+  assert proc.returncode == 2, proc.stdout + proc.stderr
+  assert "batch_sise" in proc.stderr and "batch_size" in proc.stderr  # "did you mean"
+  assert "does not load here (above), so nothing was started" in proc.stderr
+  assert fake.gcloud_calls() == []
+  failing = _tpu(fake, "run", "my-tpu", "z", "--", "--config=c", env={"FAKE_LOCAL_EXIT": "1"})
+  assert failing.returncode == 2 and fake.gcloud_calls() == []
+  unchecked = _tpu(fake, "--dry-run", "--no-check", "run", "my-tpu", "z", "--", *args)
+  (line,) = unchecked.stdout.splitlines()
+  assert _words(line)[:5] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh"]
+  assert _local_check(fake)[1] == ["-m", "cloob_jax.main", "--config=c", "--print_config"]
 
 
 def test_tpu_repo_dir_is_quoted_for_the_worker(fake):
