@@ -40,13 +40,81 @@ if _WORKER and os.path.basename(os.environ["JAX_COMPILATION_CACHE_DIR"]) != _WOR
 # Tests that time or kill processes: one worker runs them all, one after another.
 SERIAL = (
     "tests/dead_host_test.py",
-    "tests/distributed_test.py",
 )
 
-# The compatibility subset: the tests that touch the jax / flax / optax / orbax / grain APIs
-# whose behaviour moves across the supported range (requirements.txt), so CI runs them on the
-# oldest jax too. A node id prefix per entry: a file, or a file::test.
+# Files whose module-scoped fixtures train or build something (a run, exports, a server): one
+# worker runs each file whole, so the fixture is made once, not once per worker.
+WHOLE_FILES = (
+    "tests/cloob_original_test.py",
+    "tests/compile_test.py",
+    "tests/eval_multiprocess_test.py",
+    "tests/eval_sources_test.py",
+    "tests/eval_test.py",
+    "tests/export_test.py",
+    "tests/faults_test.py",
+    "tests/finetune_test.py",
+    "tests/gcs_test.py",
+    "tests/train_test.py",
+)
+
+# The costliest files first (from --durations), so that no long test starts when the other
+# worker is about to run out of work; the rest follow in collection order.
+FIRST = (
+    "tests/export_test.py",
+    "tests/train_test.py",
+    "tests/bench_test.py",
+    "tests/models_test.py",
+    "tests/finetune_test.py",
+    "tests/faults_test.py",
+    "tests/compare_test.py",
+    "tests/dead_host_test.py",
+    "tests/eval_multiprocess_test.py",
+    "tests/gcs_test.py",
+    "tests/accum_test.py",
+    "tests/sweep_test.py",
+    "tests/patch_dropout_test.py",
+    "tests/multislice_test.py",
+    "tests/chunked_objective_test.py",
+)
+
+# The compatibility subset, run by CI on the oldest jax too. On the two legs only jax/jaxlib
+# (0.10.x, 0.12.x), flax and numpy resolve differently (optax, orbax, grain, tensorstore, torch,
+# open_clip and transformers are the same releases), and most jax entry points the project
+# calls changed between them: so one cheap test per jax/flax behaviour the project relies on.
+# A node id prefix per entry: a file, a file::test, or one parametrisation of it.
 COMPAT = (
+    # meshes, shardings, shard_map + all_gather, set_mesh, reshard
+    "tests/parallel_test.py",
+    "tests/multislice_test.py",  # the hybrid (dcn, data) mesh
+    "tests/chunked_objective_test.py::test_chunked_under_the_mesh_matches_the_full_batch_plain_loss[cloob]",
+    "tests/objectives_test.py::test_eight_devices_give_the_single_device_value_and_gradients",
+    # flax towers: scan, jax.checkpoint policies, attention, platform-dependent tracing
+    "tests/models_test.py::test_remat_and_scan_give_the_same_values_and_gradients[ViT-tiny-tower0]",
+    "tests/models_test.py::test_each_remat_policy_keeps_what_it_says_for_the_backward_pass[ViT-tiny-vision-True]",
+    "tests/models_test.py::test_fused_attention_implementations_equal_the_einsum_path",
+    "tests/models_test.py::test_scanned_towers_under_fsdp_on_8_devices_equal_one_device",
+    "tests/models_test.py::test_defaults_follow_the_platform_compiled_for_not_the_host",
+    "tests/patch_dropout_test.py::test_the_train_step_draws_from_the_seed_and_step_only",
+    # flax towers against open_clip, and export round trips read by the real consumers
+    "tests/open_clip_parity_test.py::test_embeddings_match_open_clip[ViT-tiny]",
+    "tests/open_clip_parity_test.py::test_embeddings_match_open_clip[RN-tiny]",
+    "tests/export_test.py::test_open_clip_local_dir[ViT-tiny]",
+    "tests/export_test.py::test_hf_clip_model[ViT-tiny]",
+    "tests/export_test.py::test_params_npz_is_read_back_by_jax",
+    # the grain pipeline with jax processes, its state through orbax
+    "tests/pipeline_test.py::test_process_sharding",
+    "tests/pipeline_test.py::test_state_continuation",
+    "tests/pipeline_test.py::test_orbax_checkpoint",
+    "tests/pipeline_test.py::test_multiprocess_workers",
+    # the train step end to end: the demo through the main binary, resume, processes, FSDP
+    "tests/train_test.py::test_demo_run_writes_the_workdir_contract",
+    "tests/train_test.py::test_sigterm_saves_and_sigkill_resumes_bitwise",
+    "tests/train_test.py::test_one_device_and_two_processes_match_eight_devices",
+    "tests/train_test.py::test_restore_variables_on_another_topology",
+    "tests/train_test.py::test_fsdp_shards_parameters_and_matches_replicated_training",
+    "tests/train_test.py::test_demo_batchnorm_towers_train_the_same_on_1_and_8_devices[ConvNet-tiny]",
+    "tests/accum_test.py::test_cloob_gradient_equals_the_full_batch_gradient[4-8]",
+    "tests/notebook_test.py",  # the demo notebook, top to bottom
 )
 
 
@@ -58,15 +126,25 @@ def matches(nodeid: str, prefixes) -> bool:
 def pytest_configure(config):
   config.addinivalue_line("markers", "serial: times or kills processes; one worker runs these")
   config.addinivalue_line("markers", "compat: also run on the oldest supported jax (CI)")
+  # pytest-xdist hands out work in the order below (FIRST), not largest group first.
+  if hasattr(config.option, "loadscopereorder"):
+    config.option.loadscopereorder = False
+
+
+def _file(item) -> str:
+  return item.nodeid.split("::")[0]
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(config, items):
   del config
+  items.sort(key=lambda item: FIRST.index(_file(item)) if _file(item) in FIRST else len(FIRST))
   for item in items:
     if matches(item.nodeid, SERIAL):
       item.add_marker(pytest.mark.serial)
     if item.get_closest_marker("serial"):
       item.add_marker(pytest.mark.xdist_group("serial"))
+    elif _file(item) in WHOLE_FILES:
+      item.add_marker(pytest.mark.xdist_group(_file(item)))
     if matches(item.nodeid, COMPAT):
       item.add_marker(pytest.mark.compat)

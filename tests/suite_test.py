@@ -46,7 +46,7 @@ def test_every_compat_entry_names_collected_tests(request):
   ids = [item.nodeid.split("@")[0] for item in request.session.items]
   if len({i.split("::")[0] for i in ids}) < 10:
     pytest.skip("run with the whole suite")
-  for entry in conftest.COMPAT + conftest.SERIAL:
+  for entry in conftest.COMPAT + conftest.SERIAL + conftest.WHOLE_FILES + conftest.FIRST:
     assert any(conftest.matches(i, (entry,)) for i in ids), f"{entry} names no test"
 
 
