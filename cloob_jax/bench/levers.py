@@ -82,6 +82,12 @@ def _lever_env(env):
       raise FileNotFoundError(f"lib{env['LD_PRELOAD']} not found on this system "
                               "(Debian/Ubuntu: apt install libjemalloc2)")
     env["LD_PRELOAD"] = found
+  if "LD_PRELOAD" in env:  # ld.so only warns and goes on without it: ask it first, in ms
+    probe = subprocess.run([sys.executable, "-S", "-c", ""], env={**os.environ, **env},
+                           capture_output=True, text=True, check=False)
+    refused = [line for line in probe.stderr.splitlines() if "cannot be preloaded" in line]
+    if refused:
+      raise FileNotFoundError(refused[0].strip())
   return env
 
 
