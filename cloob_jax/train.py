@@ -325,6 +325,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   stop = preemption.StopFlag().install()
   skipped = np.zeros(len(records.REASONS), np.int64)
   last = {}
+  k = accum_steps(config)
+  micro_batches = f" in {k} micro-batches of {config.batch_size // k}" if k > 1 else ""
   try:
     window_start, wait, window_steps = time.time(), 0.0, 0
     pending = None  # (step, metrics) of the previous step, read one step late to keep the device busy
@@ -360,8 +362,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
           print(f"step {step}/{config.total_steps}  loss {last['loss']:.4f}  "
                 f"lr {last['learning_rate']:.2e}  1/tau {last['inv_tau']:.1f}  "
                 f"cos img {last['image_mean_cosine']:.2f} txt {last['text_mean_cosine']:.2f}  "
-                f"{last['steps_per_sec']:.2f} steps/s  {last['examples_per_sec']:.0f} ex/s  "
-                f"data wait {100 * last['data_wait_fraction']:.0f}%  ETA {_format_eta(eta)}",
+                f"{last['steps_per_sec']:.2f} steps/s  {last['examples_per_sec']:.0f} ex/s"
+                f"{micro_batches}  data wait {100 * last['data_wait_fraction']:.0f}%  "
+                f"ETA {_format_eta(eta)}",
                 flush=True)
         window_start, wait, window_steps = time.time(), 0.0, 0
       with peerwatch.exempt():  # not under the step deadline (peers are still watched)
