@@ -101,7 +101,8 @@ def test_tpu_pod_help_exits_0_with_the_usage():
                         capture_output=True, text=True, timeout=60)
   assert proc.returncode == 0, proc.stderr
   for subcommand in ("setup", "run", "logs", "stop"):
-    assert f"launch/tpu_pod.sh [--dry-run] {subcommand}" in proc.stdout, proc.stdout
+    assert re.search(rf"launch/tpu_pod.sh \[--dry-run\] (\[--no-check\] )?{subcommand} ",
+                     proc.stdout), proc.stdout
   assert "REMOTE_PYTHON" in proc.stdout and not proc.stderr
 
 

@@ -33,8 +33,10 @@ def main(argv):
   from cloob_jax.finetune import trainer  # pylint: disable=g-import-not-at-top
   trainer.check_config(_CONFIG.value)
   paths.check_not_a_file(_WORKDIR.value, "--workdir")
-  init_model.locate(_CONFIG.value.init)  # a missing init workdir or step
+  # Before locate: reading a checkpoint's steps starts jax's backend, after which a TPU VM's
+  # jax.distributed.initialize refuses to run.
   distributed.initialize_from_flags()
+  init_model.locate(_CONFIG.value.init)  # a missing init workdir or step
   # Reading the weights and the data: a file of another architecture, a bad folder.
   from cloob_jax.finetune import data as data_lib  # pylint: disable=g-import-not-at-top
   init = init_model.load(_CONFIG.value.init)
