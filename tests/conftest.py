@@ -17,12 +17,6 @@ import pytest
 _FLAG = "--xla_force_host_platform_device_count=8"
 if _FLAG not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FLAG).strip()
-# The tests' programs are tiny and compiled once each: LLVM's -O0 halves their compile time
-# (the RN-tiny BatchNorm step: 89 s -> 45 s) and leaves the arithmetic as written (no fast
-# math either way). Subprocesses inherit it unless a test sets XLA_FLAGS itself.
-_OPT = "--xla_backend_optimization_level"
-if _OPT not in os.environ["XLA_FLAGS"]:
-  os.environ["XLA_FLAGS"] += f" {_OPT}=0"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 # One persistent compilation cache per test process (subprocesses of the main binary inherit
