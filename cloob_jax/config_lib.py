@@ -97,7 +97,8 @@ def apply_override(config: ml_collections.ConfigDict, item: str) -> None:
 
 
 def check_accum_steps(config: ml_collections.ConfigDict) -> int:
-  """config.accum_steps (1 when absent): a positive int that divides config.batch_size.
+  """config.accum_steps (1 when absent): a positive int that divides config.batch_size, and
+  k > 1 only for an objective whose loss reads the embeddings alone (`embeddings_only`).
 
   Whether the micro-batches split over the devices is checked where the mesh is known
   (`train.create_train_setup`).
@@ -109,6 +110,13 @@ def check_accum_steps(config: ml_collections.ConfigDict) -> int:
   if config.batch_size % k:
     raise errors.UserError(f"config.accum_steps={k} does not divide config.batch_size="
                            f"{config.batch_size} into equal micro-batches")
+  if k > 1:
+    from cloob_jax import objectives  # pylint: disable=g-import-not-at-top
+    if not objectives.get(config.method).embeddings_only:
+      raise errors.UserError(
+          f"config.accum_steps={k}: objective {config.method!r} reads more than the batch's "
+          "embeddings (embeddings_only=False), so accumulation cannot give its full-batch "
+          "gradient; use accum_steps=1")
   return k
 
 

@@ -259,3 +259,26 @@ def test_bad_accum_steps_are_refused_in_one_line(k, batch_size, message):
     config_lib.validate(config)
     train.create_train_setup(config)
   assert str(e.value).startswith(message) and "\n" not in str(e.value)
+
+
+def test_an_objective_that_reads_more_than_embeddings_is_refused_with_accumulation(monkeypatch):
+  """None of the built-in objectives reads more than the embeddings; one that declares it does
+  (embeddings_only=False) trains at k = 1 and is refused at k > 1, in one line."""
+  from cloob_jax.objectives import registry  # pylint: disable=g-import-not-at-top
+  assert all(objectives.get(name).embeddings_only for name in objectives.names())
+  # Registered in a copy of the registry, so that later tests see only the real objectives.
+  monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+  monkeypatch.setattr(registry, "_NAMES", list(registry._NAMES))
+  objectives.register(objectives.Objective(
+      name="toy_reads_activations", row_sum=objectives.get("clip").row_sum,
+      embeddings_only=False))
+  config = _demo_config(f"tiny=True,evals=False,batch_size={BATCH},accum_steps=1")
+  with config.unlocked():
+    config.method = "toy_reads_activations"
+  config_lib.validate(config)  # k = 1: accepted
+  config.accum_steps = 2
+  with pytest.raises(errors.UserError) as e:
+    config_lib.validate(config)
+  assert str(e.value).startswith(
+      "config.accum_steps=2: objective 'toy_reads_activations' reads more than the batch's "
+      "embeddings") and "\n" not in str(e.value)

@@ -220,6 +220,31 @@ def test_sigterm_saves_and_sigkill_resumes_bitwise(reference_run, tmp_path):
     np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
 
 
+def test_sigkill_during_accumulation_resumes_bitwise(tmp_path):
+  """accum_steps=2: a checkpoint holds whole optimizer steps only, so a run SIGKILLed at a
+  random point (almost surely inside a step's micro-batches) resumes to the uninterrupted
+  run's parameters, bitwise; the data position counts global batches."""
+  accum = ["--config.accum_steps=2"]
+  reference = str(tmp_path / "reference")
+  code, out = _main(reference, *accum)
+  assert code == 0, out
+  assert "in 2 micro-batches of 8" in out, out  # the progress line names the micro-batches
+
+  workdir = str(tmp_path / "killed")
+  proc = _main(workdir, *accum, wait=False)
+  _wait_for_step(workdir, random.randint(5, 15), proc)  # past the checkpoint of step 4
+  proc.kill()
+  proc.wait()
+  code, out = _main(workdir, *accum)
+  assert code == 0, out
+  assert "Resumed from the checkpoint of step" in out
+
+  _, expected = checkpoint.restore_variables(reference)
+  _, resumed = checkpoint.restore_variables(workdir)
+  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(expected), jax.tree.leaves(resumed)):
+    np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
+
+
 def test_restore_variables_on_another_topology(reference_run, tmp_path):
   """A workdir saved from 8 devices restores whole in a process with 1 device (and 3)."""
   _, expected = checkpoint.restore_variables(reference_run)

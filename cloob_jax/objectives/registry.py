@@ -6,7 +6,8 @@
 An Objective says everything the rest of the code needs: its block row-sum (the formula,
 written once for the full batch and for the sharded step), whether it needs the Hopfield
 beta, whether its loss is divided by s = 1/tau (the units of gradient clipping), and the
-learnt scalars the train state holds for it (their initial values and ranges).
+learnt scalars the train state holds for it (their initial values and ranges), and whether its
+loss reads the embeddings alone (what gradient accumulation needs: `embeddings_only`).
 
 A row-sum is `row_sum(x, y, x_all, y_all, offset, scalars, gather)`:
   x, y: this block's rows [b, d]; x_all, y_all: the global batch [N, d];
@@ -65,6 +66,12 @@ class Objective:
   divided_by_inv_tau: bool = False  # the loss is divided by s: gradients s times smaller
   scalars: tuple[Scalar, ...] = (LOG_INV_TAU,)
   aliases: tuple[str, ...] = ()
+  # Whether the loss is a function of the batch's embeddings and the learnt scalars alone, so
+  # that full-batch gradient accumulation (config.accum_steps > 1: embed, take the loss of the
+  # precomputed embeddings, pull their gradient back per micro-batch) gives its exact gradient.
+  # One that also reads the towers' activations or the inputs must say False: it is refused
+  # with accum_steps > 1 rather than given a wrong gradient.
+  embeddings_only: bool = True
 
   @property
   def takes_chunk(self) -> bool:
