@@ -138,6 +138,9 @@ def _accumulated_value_and_grad(params, batch_stats, batch, *, model, loss_fn, c
   train mode the outputs do not read the running statistics, so step 3 sees the same function.
   `rngs` ({name: key}, e.g. patch dropout's) are folded with the micro-batch's index, the same
   in steps 1 and 3, so both passes of a micro-batch draw the same tokens.
+  config.accum_unroll (absent: False) unrolls both loops over the micro-batches, each
+  micro-batch's second forward kept apart from its first by an optimization barrier: the same
+  work, for XLA's cost analysis, which counts a loop's body once (bench train's FLOPs).
 
   Returns:
     (loss, (batch_stats, inv_tau, image_mean_cosine, text_mean_cosine)), grads: as
@@ -160,7 +163,9 @@ def _accumulated_value_and_grad(params, batch_stats, batch, *, model, loss_fn, c
     embeddings, batch_stats = embed(params, batch_stats, *xs)
     return batch_stats, embeddings
 
-  new_batch_stats, (img, txt) = jax.lax.scan(embed_step, batch_stats, (images, tokens, index))
+  unroll = k if config.get("accum_unroll", False) else 1
+  new_batch_stats, (img, txt) = jax.lax.scan(embed_step, batch_stats, (images, tokens, index),
+                                             unroll=unroll)
   img, txt = _global_rows(img), _global_rows(txt)
 
   loss_of_embeddings = functools.partial(_objective_loss, loss_fn=loss_fn, config=config,
@@ -170,6 +175,8 @@ def _accumulated_value_and_grad(params, batch_stats, batch, *, model, loss_fn, c
 
   def pull_back(grads, xs):
     images, tokens, j, img_grad, txt_grad = xs
+    if unroll > 1:  # unrolled, XLA would merge this forward with step 1's (the same values)
+      images, tokens = jax.lax.optimization_barrier((images, tokens))
     _, vjp = jax.vjp(lambda p: embed(p, batch_stats, images, tokens, j)[0], params)
     (tower_grads,) = vjp((img_grad, txt_grad))
     return jax.tree.map(jnp.add, grads, tower_grads), None
@@ -177,7 +184,7 @@ def _accumulated_value_and_grad(params, batch_stats, batch, *, model, loss_fn, c
   # The scalars' gradients start the sum: the towers' VJPs add zero to them.
   grads, _ = jax.lax.scan(pull_back, scalar_grads, (
       images, tokens, index, _micro_batches(img_grads, k, sharding),
-      _micro_batches(txt_grads, k, sharding)))
+      _micro_batches(txt_grads, k, sharding)), unroll=unroll)
   return (loss, (new_batch_stats, inv_tau, mean_cosine(img), mean_cosine(txt))), grads
 
 

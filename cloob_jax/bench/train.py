@@ -6,7 +6,9 @@ fraction of a large matmul's FLOP/s measured in the same run. `--objective` adds
 subprocess with 8 virtual devices, the per-device temporary memory of the gathered objective
 (CLOOB and CLIP, plain and chunked, at global batches 8k/16k/32k, also as a multiple of one
 [local, global] float32 score block) and its share of a ViT-B/16 step's FLOPs. `--torch` times
-open_clip's PyTorch step for the same model and batch in the same run.
+open_clip's PyTorch step for the same model and batch in the same run. `--accum_steps=k` times
+the accumulated step (config.accum_steps) alternately with the plain one at the same global
+batch and prints their step time, FLOPs and temporaries ratios.
 """
 
 import argparse
@@ -35,12 +37,17 @@ def _parse(argv):
                       "transformers that scan on XLA:CPU take dots)")
   p.add_argument("--scan", choices=("on", "off"), default=None,
                  help="transformer blocks as one lax.scan, or unrolled (default: the model's)")
+  p.add_argument("--accum_steps", type=int, default=None,
+                 help="gradient accumulation over this many micro-batches (config.accum_steps); "
+                      "above 1, the k = 1 step at the same global batch is compiled and timed "
+                      "alternately with it (--rounds), and the ratios of step time, FLOPs and "
+                      "temporaries are printed")
   p.add_argument("--steps", type=int, default=10)
   p.add_argument("--warmup", type=int, default=2)
   p.add_argument("--torch", action="store_true", help="also time open_clip's PyTorch step")
   p.add_argument("--rounds", type=int, default=1,
-                 help="with --torch: time ours and open_clip's step alternately this many "
-                      "times and report each round's ratio and the median")
+                 help="with --torch or --accum_steps: time the two steps alternately this "
+                      "many times and report each round's ratio and the median")
   p.add_argument("--objective", action="store_true",
                  help="gathered-objective memory and FLOP share (subprocess, 8 devices)")
   p.add_argument("--objective_batch", default="8192,16384,32768",
@@ -170,11 +177,15 @@ def _remat(model_config) -> str | bool:
 def _model_flops(config, scanned, rematerialised, state, batch) -> float:
   """Model FLOPs per device: the step with the `scanned` towers unrolled and none
   rematerialised, for the same parameters (XLA's cost analysis counts a scan's body once, and
-  recomputation is not model work). Compiled (not only lowered): the partitioned module is
-  what is counted per device, replicated work (the optimizer update) included."""
+  recomputation is not model work). With accum_steps > 1 the loops over the micro-batches are
+  unrolled too, so the count includes accumulation's second forward pass (work the step does).
+  Compiled (not only lowered): the partitioned module is what is counted per device,
+  replicated work (the optimizer update) included."""
   import copy
   from cloob_jax import train
   config = copy.deepcopy(config)
+  with config.unlocked():
+    config.accum_unroll = True
   for tower in set(scanned) | set(rematerialised):
     plain = dict({"scan": False} if tower in scanned else {}, remat=False)
     config.model.overrides[tower] = dict(config.model.overrides.get(tower, {}), **plain)
@@ -202,7 +213,7 @@ def train_step_figures(config, steps, warmup):
   scanned = _scanned(model_config)
   rematerialised = [t for t, remat in _effective_remat(model_config).items() if remat]
   flops = (_model_flops(config, scanned, rematerialised, state, batch)
-           if scanned or rematerialised else _flops(compiled))
+           if scanned or rematerialised or train.accum_steps(config) > 1 else _flops(compiled))
   holder = {"state": state}
 
   def run():
@@ -212,7 +223,8 @@ def train_step_figures(config, steps, warmup):
   host = {}
   seconds = _time(run, steps, warmup, host)
   return {"model": config.model.name, "dtype": model_config.dtype, "batch_size": b,
-          "method": config.method, "devices": mesh.size, "compile_s": compile_s,
+          "method": config.method, "accum_steps": train.accum_steps(config),
+          "devices": mesh.size, "compile_s": compile_s,
           "step_s": seconds, "images_per_s": b / seconds, "step_flops": flops,
           "model_flops_per_s": flops / seconds, "memory": _memory(compiled),
           "host_per_step": host}, run, compiled
@@ -326,6 +338,34 @@ def _print_objective(fig):
         f" of {v['step_flops']:.3g} FLOPs = {100 * v['objective_share']:.2f}% (XLA cost analysis)")
 
 
+def _accumulation_ratios(config, step, run_step, args):
+  """The k = 1 step at the same global batch, compiled here and timed alternately with the
+  accumulated one (`args.rounds` rounds); -> the ratios k / (k = 1), printed."""
+  import copy
+  plain_config = copy.deepcopy(config)
+  plain_config.accum_steps = 1
+  plain, run_plain, _ = train_step_figures(plain_config, args.steps, args.warmup)
+  rounds = []  # (accumulated, plain) seconds per step
+  for r in range(max(1, args.rounds)):
+    ours = step["step_s"] if r == 0 else _time(run_step, args.steps, 1)
+    rounds.append((ours, plain["step_s"] if r == 0 else _time(run_plain, args.steps, 1)))
+  ratios = {"step_time": statistics.median(a / p for a, p in rounds),
+            "flops": step["step_flops"] / plain["step_flops"]}
+  temp, plain_temp = step["memory"].get("temp_bytes"), plain["memory"].get("temp_bytes")
+  if temp and plain_temp:
+    ratios["temporaries"] = temp / plain_temp
+  k = step["accum_steps"]
+  print(f"  vs accum_steps=1 at the same global batch {step['batch_size']}: step time by round "
+        + ", ".join(f"{a * 1e3:.0f}/{p * 1e3:.0f} ms" for a, p in rounds)
+        + f"; median ratio {ratios['step_time']:.2f}; FLOPs {ratios['flops']:.2f}x "
+        f"({step['step_flops'] / 1e9:.2f} vs {plain['step_flops'] / 1e9:.2f} GFLOP per device)"
+        + (f"; temporaries {ratios['temporaries']:.2f}x ({temp / 2**20:.1f} vs "
+           f"{plain_temp / 2**20:.1f} MiB per device)" if "temporaries" in ratios else "")
+        + f" [k={k}]")
+  return {"rounds": [{"step_s": a, "plain_step_s": p} for a, p in rounds], **ratios,
+          "plain": {key: plain[key] for key in ("step_s", "step_flops", "memory", "compile_s")}}
+
+
 def run():
   args = _parse(sys.argv[1:])
   if args._objective_only:
@@ -341,6 +381,9 @@ def run():
     config.batch_size = args.batch_size
   if args.method:
     config.method = args.method
+  if args.accum_steps is not None:
+    with config.unlocked():
+      config.accum_steps = args.accum_steps
   if args.dtype:
     config.model.overrides["dtype"] = args.dtype
   if args.attention:
@@ -358,7 +401,9 @@ def run():
   step, run_step, compiled = train_step_figures(config, args.steps, args.warmup)
   peak = matmul_flops_per_sec(dtype=dtype)
   figures.update(step, matmul_flops_per_s=peak, fraction_of_matmul=step["model_flops_per_s"] / peak)
-  print(f"{step['model']} {step['dtype']} batch {step['batch_size']} ({step['method']}) on "
+  micro = (f" in {step['accum_steps']} micro-batches of {step['batch_size'] // step['accum_steps']}"
+           if step["accum_steps"] > 1 else "")
+  print(f"{step['model']} {step['dtype']} batch {step['batch_size']}{micro} ({step['method']}) on "
         f"{step['devices']} {figures['backend']} device(s): compile {step['compile_s']:.1f} s, "
         f"step {step['step_s'] * 1e3:.1f} ms, {step['images_per_s']:.1f} images/s")
   print(f"  model {step['step_flops'] / 1e9:.2f} GFLOP/step per device -> "
@@ -383,6 +428,8 @@ def run():
     from cloob_jax.bench import profile  # pylint: disable=g-import-not-at-top
     figures["profile"] = profile.op_profile(run_step, compiled.as_text(), steps=args.profile)
     profile.print_profile(figures["profile"])
+  if step["accum_steps"] > 1:
+    figures["vs_accum_steps_1"] = _accumulation_ratios(config, step, run_step, args)
   if args.torch:
     import torch  # pylint: disable=g-import-not-at-top
     theirs = torch_step(config.model.name, mc, config.batch_size)
