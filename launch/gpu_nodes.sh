@@ -27,12 +27,15 @@ usage() {
 
 # shellcheck source=lib/quote.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib/quote.sh"  # word_quote, print_cmd
+# shellcheck source=lib/help.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib/help.sh"  # print_header_help
 
 dry_run=${DRY_RUN:-0}
 coordinator="" num_nodes="" node_rank=""
 while [ $# -gt 0 ]; do
   case $1 in
     --dry-run) dry_run=1 ;;
+    -h|--help) print_header_help "${BASH_SOURCE[0]}" ;;
     --coordinator=*) coordinator=${1#*=} ;;
     --num_nodes=*) num_nodes=${1#*=} ;;
     --node_rank=*) node_rank=${1#*=} ;;

@@ -8,6 +8,12 @@
 # processes goes to this terminal; the exit status is the last failing process's, else 0.
 # --dry-run (or DRY_RUN=1), first: print the N commands, one per line, and run nothing.
 set -euo pipefail
+case ${1:-} in
+  -h|--help)
+    # shellcheck source=lib/help.sh
+    . "$(dirname "${BASH_SOURCE[0]}")/lib/help.sh"
+    print_header_help "${BASH_SOURCE[0]}" ;;
+esac
 dry_run=${DRY_RUN:-0}
 if [ "${1:-}" = "--dry-run" ]; then
   dry_run=1

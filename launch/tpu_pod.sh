@@ -49,14 +49,11 @@ EOF
   exit 2
 }
 
-# --help: this file's header comment (the usage, what each subcommand does) on stdout, exit 0.
-help() {
-  sed -n '2,/^set -euo pipefail$/{/^#/s/^# \{0,1\}//p}' "${BASH_SOURCE[0]}"
-  exit 0
-}
 
 # shellcheck source=lib/quote.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib/quote.sh"  # sh_quote, word_quote, print_cmd
+# shellcheck source=lib/help.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib/help.sh"  # print_header_help: --help, exit 0
 
 # Words -> one line of POSIX shell words (newlines stay inside the quotes).
 sh_words() {
@@ -149,7 +146,7 @@ while [ $# -gt 0 ]; do
   case $1 in
     --dry-run) dry_run=1; shift ;;
     --no-check) check=0; shift ;;
-    -h|--help) help ;;
+    -h|--help) print_header_help "${BASH_SOURCE[0]}" ;;
     -*) echo "tpu_pod.sh: unknown option $1" >&2; usage ;;
     *) break ;;
   esac

@@ -220,3 +220,12 @@ def test_check_data_dir_reads_the_manifest(tmp_path):
     records.check_data_dir(str(tmp_path))
   manifest()
   assert records.check_data_dir(str(tmp_path)) == str(tmp_path)
+
+
+def test_bench_help_lists_the_subcommands_and_exits_0():
+  code, out, err = _run("cloob_jax.bench", "--help")
+  assert code == 0 and not err.strip(), out + err
+  for name in ("compile", "data", "levers", "tokenizer", "train"):
+    assert re.search(rf"^  {name} +\S", out, re.M), out
+  code, out, err = _run("cloob_jax.bench", "nonesuch")
+  assert code == 2 and "unknown subcommand 'nonesuch'" in err, out + err

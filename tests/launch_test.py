@@ -678,3 +678,15 @@ def test_local_multiprocess_returns_a_failing_status_and_bad_usage(fake):
   for args in ([], ["2"], ["--dry-run", "2"], ["x", "1"], ["2", "0"]):
     bad = _run([LOCAL, *args], fake.env)
     assert bad.returncode == 2 and "usage:" in bad.stderr, args
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+def test_help_prints_the_header_and_exits_0(script):
+  """--help: the script's header comment (usage, example, environment) on stdout, exit 0,
+  without its #SBATCH lines; outside any cluster and without gcloud."""
+  proc = subprocess.run(["bash", str(script), "--help"], cwd=REPO, capture_output=True,
+                        text=True, timeout=60)
+  assert proc.returncode == 0 and not proc.stderr, proc.stdout + proc.stderr
+  first = script.read_text().splitlines()[1].lstrip("# ")
+  assert proc.stdout.splitlines()[0] == first, proc.stdout
+  assert f"launch/{script.name}" in proc.stdout and "SBATCH --" not in proc.stdout
