@@ -68,7 +68,7 @@ HELP = [
       "      --methods=clip,cloob,infoloob,siglip --trials=4 --seeds=5 --budgets=0.5,1,2 \\\n"
       "      --workdir=DIR"],
      ["--config", "--methods", "--seeds", "--workdir", "--trials", "--budgets",
-      "--tuning_steps", "--traceback", "(default: 'clip,cloob,infoloob,siglip')",
+      "--tuning_steps", "--grid", "--traceback", "(default: 'clip,cloob,infoloob,siglip')",
       "(default: '5')"]),
     (["cloob_jax.data.convert"],
      ["python -m cloob_jax.data.convert csv CAPTIONS.tsv OUT_DIR --image-root=DIR \\\n"

@@ -103,3 +103,30 @@ def test_a_config_without_seeded_evals_is_refused():
                                        seed=0)
   with pytest.raises(errors.UserError, match="validation split"):
     sweep.validation_evals(config)
+
+
+def test_width_grid_gives_every_method_eight_distinct_settings_that_reach_the_config():
+  grids = {m: [sweep.trial_settings(m, k, None, grid="width") for k in range(8)]
+           for m in ("clip", "infoloob", "cloob")}
+  for method, settings in grids.items():
+    assert len(sweep.GRIDS["width"](method)) == 8
+    assert len({json.dumps(s, sort_keys=True) for s in settings}) == 8, method
+    assert [s["model.overrides.embed_dim"] for s in settings] == [64] * 4 + [256] * 4
+  # CLOOB: beta in {2, 4, 8, 16} at 1/tau = 30 fixed; the others: lr x 1/tau, no beta.
+  assert [s["beta"] for s in grids["cloob"][:4]] == [2.0, 4.0, 8.0, 16.0]
+  assert {(s["inv_tau"], s["learn_inv_tau"]) for s in grids["cloob"]} == {(30.0, False)}
+  assert all("beta" not in s for s in grids["clip"] + grids["infoloob"])
+  assert {(s["optimizer.lr"], s["learn_inv_tau"]) for s in grids["clip"]} == {
+      (1e-3, False), (1e-3, True), (2e-3, False), (2e-3, True)}
+  run = sweep.Run("tune", "cloob", 1005, 4, grids["cloob"][5], "unused", trial=5)
+  spec, _ = sweep._split_spec(CONFIG)  # pylint: disable=protected-access
+  config = sweep._build(spec, run, ())  # pylint: disable=protected-access
+  assert config.model.overrides.embed_dim == 256 and config.beta == 4.0
+  assert config.evals.colour.data.seed == sweep.VALIDATION_SEED_OFFSET
+
+
+def test_an_unknown_grid_is_refused_before_any_run(tmp_path):
+  from cloob_jax import errors  # pylint: disable=g-import-not-at-top
+  with pytest.raises(errors.UserError, match=r"^--grid='nope': unknown grid; choose one of"):
+    sweep.sweep(CONFIG, ["clip"], 1, 1, [1.0], str(tmp_path / "w"), grid="nope")
+  assert not os.path.exists(tmp_path / "w")

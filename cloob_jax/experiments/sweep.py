@@ -2,14 +2,16 @@ r"""A fair comparison of objectives: the same tuning budget for each, then fresh
 
   python -m cloob_jax.experiments.sweep --config=configs/demo.py \
       --methods=clip,cloob,infoloob,siglip --trials=4 --seeds=5 --budgets=0.5,1,2 \
-      --workdir=DIR [--tuning_steps=N] [--config.KEY=VALUE ...]
+      --workdir=DIR [--tuning_steps=N] [--grid=NAME] [--config.KEY=VALUE ...]
 
 1. **Tuning.** Every method gets `--trials` runs, no more and no fewer, over its own knobs
    (`SPACES`: the learning rate for all; 1/tau fixed or learnt and its initial value; beta
    for the Hopfield objectives; SigLIP's initial bias). Trial 0 is the config's own setting,
    the others are drawn at random from the space (seeded by the method's name and the trial).
    Tuning runs use seeds 1000, 1001, ..., disjoint from the final seeds 0 .. seeds-1, and
-   `--tuning_steps` steps (default: the config's own).
+   `--tuning_steps` steps (default: the config's own). `--grid=NAME` replaces the random
+   draws with a named grid (`GRIDS`): trial k is its k-th setting, and every method's grid has
+   the same number of settings (the number of trials).
 2. **Selection on a validation split.** Tuning runs are evaluated on the config's evals with
    every eval data seed moved by `VALIDATION_SEED_OFFSET`: images and captions drawn from the
    same tasks, none of them the reported test examples. The score is the mean zero-shot
@@ -51,6 +53,9 @@ _BUDGETS = flags.DEFINE_list("budgets", ["0.5", "1", "2"],
                              "Final training budgets as fractions of the config's steps.")
 _TUNING_STEPS = flags.DEFINE_integer("tuning_steps", 0,
                                      "Steps of a tuning run (0: the config's own).")
+_GRID = flags.DEFINE_string("grid", None,
+                            "Tune on a named grid instead of random draws (trial k: its k-th "
+                            "setting; --trials: its size). Grids: width.")
 
 TUNING_SEED0 = 1000  # tuning run k uses seed TUNING_SEED0 + k; final seeds are 0 .. seeds-1
 VALIDATION_SEED_OFFSET = 10_000  # validation eval data: the test evals' seeds + this
@@ -71,6 +76,24 @@ _SHARED = (("optimizer.lr", _log_uniform(2e-4, 3e-3)),
            ("inv_tau", _choice(10.0, 1 / 0.07, 30.0)))
 _BETA = (("beta", _choice(4.0, 8.0, 14.3)),)
 _BIAS = (("init_bias", _choice(-10.0, -5.0, 0.0)),)
+
+
+def _width_grid(method: str) -> list[dict[str, Any]]:
+  """Where does CLOOB win? Embedding width 64 (the demo's) and 256, each with 4 settings of
+  the method's own knobs: CLOOB's beta in {2, 4, 8, 16} at 1/tau = 30 fixed; for CLIP and the
+  others, lr in {1e-3, 2e-3} x 1/tau in {30 fixed, 1/0.07 learnt}."""
+  widths = ("model.overrides.embed_dim", (64, 256))
+  if objectives.get(method).needs_beta:
+    own = [{"optimizer.lr": 1e-3, "inv_tau": 30.0, "learn_inv_tau": False, "beta": beta}
+           for beta in (2.0, 4.0, 8.0, 16.0)]
+  else:
+    own = [{"optimizer.lr": lr, "inv_tau": inv_tau, "learn_inv_tau": learnt}
+           for lr in (1e-3, 2e-3) for inv_tau, learnt in ((30.0, False), (1 / 0.07, True))]
+  return [{widths[0]: width, **setting} for width in widths[1] for setting in own]
+
+
+# Named tuning grids: name -> (method -> [settings]); every method gets as many settings.
+GRIDS: dict[str, Callable[[str], list[dict[str, Any]]]] = {"width": _width_grid}
 
 
 def space(method: str) -> tuple[tuple[str, Callable], ...]:
@@ -99,9 +122,13 @@ def _set(config, key: str, value) -> None:
     node[last] = value
 
 
-def trial_settings(method: str, trial: int, default_config) -> dict[str, Any]:
+def trial_settings(method: str, trial: int, default_config,
+                   grid: str | None = None) -> dict[str, Any]:
   """Trial 0: the method's config's own values of its knobs (a knob the config lacks keeps
-  the code's default); trial k > 0: a draw from the space, seeded by (method, k)."""
+  the code's default); trial k > 0: a draw from the space, seeded by (method, k). With a
+  `grid`: its k-th setting for `method`."""
+  if grid is not None:
+    return dict(GRIDS[grid](method)[trial])
   knobs = space(method)
   if trial == 0:
     return {key: _get(default_config, key) for key, _ in knobs if _has(default_config, key)}
@@ -189,9 +216,19 @@ def _train(run: Run, spec: str, overrides: Sequence[str]) -> bool:
 
 def sweep(config_spec: str, methods: list[str], trials: int, seeds: int,
           budgets: Sequence[float], workdir: str, tuning_steps: int = 0,
-          command: str | None = None, overrides: Sequence[str] = ()) -> dict[str, Any] | None:
-  """Tunes every method with `trials` runs, trains `seeds` seeds per budget at each method's
-  choice, writes the study report. Returns its summary, or None if a run was stopped."""
+          command: str | None = None, overrides: Sequence[str] = (),
+          grid: str | None = None) -> dict[str, Any] | None:
+  """Tunes every method with `trials` runs (or on `grid`: one run per setting), trains `seeds`
+  seeds per budget at each method's choice, writes the study report. Returns its summary, or
+  None if a run was stopped."""
+  if grid is not None:
+    if grid not in GRIDS:
+      raise errors.UserError(f"--grid={grid!r}: unknown grid; choose one of {sorted(GRIDS)}")
+    sizes = {m: len(GRIDS[grid](m)) for m in methods if m in objectives.names()}
+    if len(set(sizes.values())) > 1:
+      raise errors.UserError(f"--grid={grid}: the methods' grids differ in size {sizes}: every "
+                             "method gets the same number of tuning runs")
+    trials = next(iter(sizes.values()), trials)
   if trials < 1 or seeds < 1:
     raise errors.UserError(f"--trials and --seeds must be at least 1, got {trials}, {seeds}")
   if not budgets or any(b <= 0 for b in budgets):
@@ -212,7 +249,8 @@ def sweep(config_spec: str, methods: list[str], trials: int, seeds: int,
     own[m] = config_lib.load_config_file(spec, method=m, seed=0)
     for item in overrides:
       config_lib.apply_override(own[m], item)
-  tune = {m: [Run("tune", m, TUNING_SEED0 + k, tuning_steps, trial_settings(m, k, own[m]),
+  tune = {m: [Run("tune", m, TUNING_SEED0 + k, tuning_steps,
+                  trial_settings(m, k, own[m], grid),
                   paths.join(workdir, "tune", m, f"trial{k}"), trial=k)
               for k in range(trials)] for m in methods}
   for runs in tune.values():  # refuse bad input before the first run
@@ -222,9 +260,11 @@ def sweep(config_spec: str, methods: list[str], trials: int, seeds: int,
   paths.makedirs(workdir, "--workdir")
   command = command or (
       f"python -m cloob_jax.experiments.sweep --config={config_spec} "
-      f"--methods={','.join(methods)} --trials={trials} --seeds={seeds} "
+      f"--methods={','.join(methods)} " + ("" if grid else f"--trials={trials} ")
+      + f"--seeds={seeds} "
       f"--budgets={','.join(f'{b:g}' for b in budgets)} --tuning_steps={tuning_steps} "
-      f"--workdir={workdir}" + compare._override_args(overrides))  # pylint: disable=protected-access
+      f"--workdir={workdir}" + (f" --grid={grid}" if grid else "")
+      + compare._override_args(overrides))  # pylint: disable=protected-access
 
   for k in range(trials):  # trial-major: a stopped sweep has tuned every method alike
     for m in methods:
@@ -277,8 +317,12 @@ def main(argv):
   except ValueError as e:
     raise errors.UserError(f"--budgets={','.join(_BUDGETS.value)}: {e}") from None
   f = flags.FLAGS
+  if _GRID.value and f["trials"].present:
+    raise errors.UserError(f"--trials={_TRIALS.value} with --grid={_GRID.value}: a grid's size "
+                           "is its number of trials; give one of them")
   sweep(f.config, f.methods, _TRIALS.value, f.seeds, budgets, f.workdir,
-        tuning_steps=_TUNING_STEPS.value, command=command, overrides=compare.parse_overrides())
+        tuning_steps=_TUNING_STEPS.value, command=command, overrides=compare.parse_overrides(),
+        grid=_GRID.value)
 
 
 def parse_flags(argv: list[str]) -> list[str]:
