@@ -8,7 +8,8 @@ embeddings (not the images) and each device scores only its own anchor rows agai
 global candidates: memory per device is O(local_batch x global_batch), never
 O(global_batch^2); with a chunk size (`chunk`, by default from losses.CHUNK_MIN_BATCH on)
 it scores [local, chunk] blocks at a time, O(local_batch x chunk). The formulas themselves
-live once, in losses.py (`get_row_sum`).
+live once, in losses.py (`get_row_sum`); the Hopfield retrieval's statistics, logged by the
+train step, are gathered the same way (`gathered_retrieval_stats`).
 
 Outside this module the device count appears only through the mesh: the train step checks
 that the global batch splits over it (`local_batch_size`) and the benches report it; no
@@ -24,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cloob_jax import losses
+from cloob_jax.objectives import diagnostics
 
 AxisName = str | tuple[str, ...]
 
@@ -217,6 +219,44 @@ def gathered_loss(method: str, x: jax.Array, y: jax.Array, inv_tau, beta,
 
   return jax.shard_map(per_device, mesh=mesh, in_specs=(spec, spec, jax.P()),
                        out_specs=jax.P())(x, y, scalars)
+
+
+def gathered_retrieval_stats(x: jax.Array, y: jax.Array, beta,
+                             mesh: jax.sharding.Mesh | None,
+                             axis_name: AxisName | None = None) -> dict[str, jax.Array]:
+  """`diagnostics.retrieval_stats(x, y, beta)` with the batch sharded as in `gathered_loss`:
+  each device its rows as queries against the gathered memories, sums added over devices."""
+  if mesh is None:
+    mesh = jax.sharding.get_abstract_mesh()
+  if axis_name is None:
+    axis_name = batch_axes(mesh)
+  spec = jax.P(axis_name)
+  if _is_explicit(mesh, axis_name):
+    x, y = (jax.sharding.reshard(a, jax.NamedSharding(mesh, spec)) for a in (x, y))
+  global_batch = x.shape[0]
+
+  def per_device(x_local, y_local, beta):
+    def gather(a):
+      return jax.lax.all_gather(a, axis_name, tiled=True)
+    sums = diagnostics.row_sums(x_local, y_local, gather(x_local), gather(y_local), beta)
+    return {k: jax.lax.psum(v, axis_name) / (2 * global_batch) for k, v in sums.items()}
+
+  return jax.shard_map(per_device, mesh=mesh, in_specs=(spec, spec, jax.P()),
+                       out_specs=jax.P())(x, y, jnp.asarray(beta, jnp.float32))
+
+
+def make_retrieval_stats_fn(mesh: jax.sharding.Mesh | None = None,
+                            axis_name: AxisName | None = None) -> Callable[..., dict]:
+  """`fn(image_emb, text_emb, beta) -> {metric: value}`: the Hopfield retrieval's statistics
+  (objectives/diagnostics.py) for the train step, sharded as `make_loss_fn`'s loss."""
+
+  def stats_fn(image_emb, text_emb, beta):
+    active = mesh if mesh is not None else jax.sharding.get_abstract_mesh()
+    if active.empty:
+      return diagnostics.retrieval_stats(image_emb, text_emb, beta)
+    return gathered_retrieval_stats(image_emb, text_emb, beta, active, axis_name)
+
+  return stats_fn
 
 
 def make_loss_fn(method: str, mesh: jax.sharding.Mesh | None = None,

@@ -123,7 +123,7 @@ def _global_rows(stacked):
 
 
 def _accumulated_value_and_grad(params, batch_stats, batch, *, model, loss_fn, config,
-                                objective, sharding, rngs=None):
+                                objective, sharding, rngs=None, stats_fn=None):
   """The full-batch loss and its exact gradient at the activation memory of a micro-batch.
 
   Full-batch (GradCache-style) accumulation over k = config.accum_steps micro-batches:
@@ -143,8 +143,8 @@ def _accumulated_value_and_grad(params, batch_stats, batch, *, model, loss_fn, c
   work, for XLA's cost analysis, which counts a loop's body once (bench train's FLOPs).
 
   Returns:
-    (loss, (batch_stats, inv_tau, image_mean_cosine, text_mean_cosine)), grads: as
-    `jax.value_and_grad(..., has_aux=True)` of the k = 1 step.
+    (loss, (batch_stats, inv_tau, image_mean_cosine, text_mean_cosine, retrieval stats)),
+    grads: as `jax.value_and_grad(..., has_aux=True)` of the k = 1 step.
   """
   k = accum_steps(config)
   images = _micro_batches(batch["image"], k, sharding)
@@ -185,17 +185,26 @@ def _accumulated_value_and_grad(params, batch_stats, batch, *, model, loss_fn, c
   grads, _ = jax.lax.scan(pull_back, scalar_grads, (
       images, tokens, index, _micro_batches(img_grads, k, sharding),
       _micro_batches(txt_grads, k, sharding)), unroll=unroll)
-  return (loss, (new_batch_stats, inv_tau, mean_cosine(img), mean_cosine(txt))), grads
+  return (loss, (new_batch_stats, inv_tau, mean_cosine(img), mean_cosine(txt),
+                 _retrieval_stats(stats_fn, img, txt, config))), grads
 
 
-def train_step(state, batch, *, model, tx, schedule, loss_fn, config, batch_sharding=None):
+def _retrieval_stats(stats_fn, img, txt, config) -> dict[str, Any]:
+  """The Hopfield retrieval's statistics of this batch (none for objectives without one)."""
+  return stats_fn(img, txt, config.beta) if stats_fn is not None else {}
+
+
+def train_step(state, batch, *, model, tx, schedule, loss_fn, config, batch_sharding=None,
+               stats_fn=None):
   """One optimizer step on a global batch {'image': uint8 [B,S,S,3], 'tokens': int32 [B,L]}.
 
   An optional 'stop' int32 [B] (each process fills its rows with its own stop flag) comes back
   as metrics[STOP], its maximum over all processes, so that every process sees the same value.
   With config.accum_steps = k > 1 the gradient is the same full-batch gradient, computed over
   k micro-batches of B/k rows (`_accumulated_value_and_grad`); `batch_sharding`, the batch's
-  sharding, keeps each micro-batch split over the same devices.
+  sharding, keeps each micro-batch split over the same devices. `stats_fn`
+  (parallel.make_retrieval_stats_fn), for objectives with a Hopfield retrieval, adds its
+  statistics of the batch's embeddings to the metrics (objectives/diagnostics.py).
   """
   images = inputs.normalize(batch["image"])
   objective = objectives.get(config.method)
@@ -210,15 +219,18 @@ def train_step(state, batch, *, model, tx, schedule, loss_fn, config, batch_shar
                                          mutable=["batch_stats"], rngs=rngs)
     loss, inv_tau = _objective_loss(params, img, txt, loss_fn=loss_fn, config=config,
                                     objective=objective)
-    return loss, (updates.get("batch_stats", {}), inv_tau, mean_cosine(img), mean_cosine(txt))
+    return loss, (updates.get("batch_stats", {}), inv_tau, mean_cosine(img), mean_cosine(txt),
+                  _retrieval_stats(stats_fn, img, txt, config))
 
   if accum_steps(config) == 1:
-    (loss, (batch_stats, inv_tau, image_cos, text_cos)), grads = jax.value_and_grad(
+    (loss, (batch_stats, inv_tau, image_cos, text_cos, stats)), grads = jax.value_and_grad(
         compute_loss, has_aux=True)(state["params"])
   else:
-    (loss, (batch_stats, inv_tau, image_cos, text_cos)), grads = _accumulated_value_and_grad(
-        state["params"], state["batch_stats"], batch, model=model, loss_fn=loss_fn,
-        config=config, objective=objective, sharding=batch_sharding, rngs=rngs)
+    (loss, (batch_stats, inv_tau, image_cos, text_cos, stats)), grads = (
+        _accumulated_value_and_grad(
+            state["params"], state["batch_stats"], batch, model=model, loss_fn=loss_fn,
+            config=config, objective=objective, sharding=batch_sharding, rngs=rngs,
+            stats_fn=stats_fn))
   updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
   params = optax.apply_updates(state["params"], updates)
   for scalar in objective.scalars:  # each in its declared range ([0, log 100] for log 1/tau)
@@ -227,7 +239,7 @@ def train_step(state, batch, *, model, tx, schedule, loss_fn, config, batch_shar
   metrics = {"loss": loss, "inv_tau": inv_tau, "grad_norm": optax.tree.norm(grads),
              "learning_rate": schedule(state["step"]), "image_mean_cosine": image_cos,
              "text_mean_cosine": text_cos,
-             **{s.name: params[s.param] for s in objective.extra_scalars}}
+             **{s.name: params[s.param] for s in objective.extra_scalars}, **stats}
   if "stop" in batch:  # int32 [B], each process's rows hold its own flag: did any ask to stop?
     metrics[STOP] = jnp.max(batch["stop"])
   new_state = {"step": state["step"] + 1, "params": params, "batch_stats": batch_stats,
@@ -283,7 +295,9 @@ def create_train_setup(config: ml_collections.ConfigDict, mesh=None) -> TrainSet
           train_step, model=model, tx=tx, schedule=schedule,
           loss_fn=parallel.make_loss_fn(config.method, mesh,
                                         chunk=config.get("objective_chunk", "auto")),
-          config=config, batch_sharding=batch_sharding), target),
+          config=config, batch_sharding=batch_sharding,
+          stats_fn=(parallel.make_retrieval_stats_fn(mesh)
+                    if objectives.get(config.method).needs_beta else None)), target),
       in_shardings=(shardings, batch_sharding),
       out_shardings=(shardings, parallel.replicated_sharding(mesh)), donate_argnums=(0,))
   return TrainSetup(model_config, model, mesh, tx, schedule, shardings, batch_sharding,

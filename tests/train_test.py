@@ -30,6 +30,7 @@ from cloob_jax import parallel
 from cloob_jax import train
 from cloob_jax import workdir
 from cloob_jax.models import inputs
+from cloob_jax.objectives import diagnostics
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 20
@@ -106,6 +107,10 @@ def test_demo_run_writes_the_workdir_contract(reference_run):
               "data_wait_fraction", "skipped/corrupt", "image_mean_cosine", "text_mean_cosine"):
     assert key in row
   assert -1 <= row["image_mean_cosine"] <= 1 and -1 <= row["text_mean_cosine"] <= 1
+  # CLOOB's Hopfield retrieval, described (objectives/diagnostics.py; tests/diagnostics_test.py)
+  for key in diagnostics.metric_names():
+    low, high = (1, BATCH) if key.endswith("/patterns") else (-1, 1)
+    assert low - 1e-4 <= row[key] <= high + 1e-4, (key, row[key])
   assert os.listdir(os.path.join(reference_run, "tensorboard"))
   assert checkpoint.Checkpointer(os.path.join(reference_run, "checkpoints"), every=1,
                                  keep=1).latest_step() == STEPS
