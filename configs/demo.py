@@ -95,9 +95,11 @@ def get_config(arg=None):
   config.log_every = 20
   config.checkpoint_every = 200
   config.keep_checkpoints = 2
-  # Zero-shot tasks of the world, retrieval and the embedding analyses, at the end of training.
+  # Zero-shot tasks of the world, retrieval, the embedding analyses and the attribute probes
+  # (what the frozen embeddings still hold), at the end of training.
   config.eval_batch_size = 256
   n = 32 if arg.tiny else 256
-  config.evals = (suites.synthetic_world(n=n, retrieval_n=n, probe=False, log_steps=arg.steps)
+  config.evals = (suites.synthetic_world(n=n, retrieval_n=n, probe_n=512, probe=False,
+                                        log_steps=arg.steps, attributes=not arg.tiny)
                   if arg.evals else ml_collections.ConfigDict())
   return config

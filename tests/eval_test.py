@@ -157,13 +157,16 @@ def test_workdir_with_the_synthetic_config(checkpoint, tmp_path, monkeypatch):
   assert os.path.exists(output[:-5] + ".md")
   assert list(results) == ["colour", "shape", "size", "position", "count",
                            "heldout_combination", "retrieval", "embedding_analysis",
-                           "shape_probe"]
+                           "attribute_probe", "shape_probe"]
   assert set(results["colour"]) == {"top1", "top5", "mean_per_class_recall", "class_cosine"}
   assert set(results["size"]) == {"top1", "mean_per_class_recall", "class_cosine"}
   assert results["retrieval"]["image_to_text_recall@10"] >= results["retrieval"][
       "image_to_text_recall@1"]
   assert 1 <= results["embedding_analysis"]["image_effective_eigenvalues"] <= 64
   assert set(results["shape_probe"]) == {"top1", "val_top1", "l2"}
+  assert set(results["attribute_probe"]) == {
+      f"{side}/{a}/top1" for side in ("image", "text")
+      for a in ("colour", "shape", "size", "count", "position")}
 
 
 def test_paper_config_skips_what_is_not_located(checkpoint, tmp_path):

@@ -7,7 +7,8 @@
       for metric, value in evaluator.run(variables):            # ('colour/top1', 0.93), ...
         ...
 
-Types: 'zeroshot_classification', 'retrieval', 'linear_probe', 'embedding_analysis', or a
+Types: 'zeroshot_classification', 'retrieval', 'linear_probe', 'embedding_analysis',
+'attribute_probe', or a
 dotted path 'package.module.Class' to an Evaluator subclass elsewhere. `log_steps` is the
 trainer's business (how often to run); every other key goes to the evaluator's constructor.
 """
@@ -18,6 +19,7 @@ import logging
 from typing import Any, Mapping
 
 from cloob_jax import config_lib
+from cloob_jax.evaluators import attribute_probe  # noqa: F401  (registers its type)
 from cloob_jax.evaluators import common
 from cloob_jax.evaluators import embedding_analysis  # noqa: F401  (registers its type)
 from cloob_jax.evaluators import linear_probe  # noqa: F401

@@ -1,4 +1,4 @@
-r"""Every zero-shot task of the synthetic world, retrieval, the embedding analyses and a probe.
+r"""Every zero-shot task of the synthetic world, retrieval, the embedding analyses and probes.
 
   python -m cloob_jax.eval --config=configs/eval/synthetic.py --workdir=DIR
   python -m cloob_jax.eval --config=configs/eval/synthetic.py:model=ViT-tiny,n=128 \
@@ -9,7 +9,8 @@ Args: model (architecture for --checkpoint), n (images per zero-shot task), retr
 batch_size, seed (which rendering of the world), progress.
 
 Images are rendered at the model's resolution. The linear probe reads the shape of a single
-object (the hard feature), with its own training images (a different seed).
+object (the hard feature), with its own training images (a different seed); the attribute
+probes read every attribute off the image and the caption embeddings of probe_n scenes.
 """
 
 from cloob_jax.evaluators import suites

@@ -32,6 +32,12 @@ from cloob_jax.data.synthetic import world
 
 _TASK_STREAM = 100  # seed stream of zero-shot task images: [seed, 100 + task id, i]
 _RETRIEVAL_STREAM = 200  # seed stream of retrieval examples
+_ATTRIBUTE_STREAM = 300  # seed stream of attribute-probe examples
+# The attributes of a scene's first object (and the scene's object count) that the attribute
+# probe reads off frozen embeddings: name -> number of classes.
+ATTRIBUTES = {"colour": len(world.COLOURS), "shape": len(world.SHAPES),
+              "size": len(world.SIZES), "count": world.MAX_OBJECTS,
+              "position": len(world.POSITIONS)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,3 +167,27 @@ def retrieval_examples(num_examples: int, image_size: int = 64, seed: int = 0,
     texts.append([captions.caption(scene, np.random.default_rng([seed, _RETRIEVAL_STREAM, i, k]),
                                    detailed=True) for k in range(captions_per_image)])
   return images, texts
+
+
+def attribute_examples(num_examples: int, image_size: int = 64, seed: int = 0
+                       ) -> tuple[np.ndarray, list[str], dict[str, np.ndarray]]:
+  """Scenes of the training distribution (seen colour-shape pairs), each with one detailed
+  caption (colour and shape of every object always; size, position, background sometimes),
+  labelled with every attribute in ATTRIBUTES.
+
+  Returns:
+    images: uint8 [num_examples, image_size, image_size, 3]; captions: num_examples str;
+    labels: {attribute: int32 [num_examples]} (count: objects - 1).
+  """
+  images = np.empty((num_examples, image_size, image_size, 3), np.uint8)
+  texts, labels = [], {name: np.empty((num_examples,), np.int32) for name in ATTRIBUTES}
+  for i in range(num_examples):
+    scene = scenes.sample_scene(np.random.default_rng([seed, _ATTRIBUTE_STREAM, i]), "seen",
+                                "seen")
+    images[i] = rendering.render(scene, image_size)
+    texts.append(captions.caption(scene, np.random.default_rng([seed, _ATTRIBUTE_STREAM, i, 0]),
+                                  detailed=True))
+    fields = scenes.scene_labels(scene)
+    for name in ATTRIBUTES:
+      labels[name][i] = int(fields[name]) - (1 if name == "count" else 0)
+  return images, texts, labels
