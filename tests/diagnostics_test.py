@@ -39,7 +39,7 @@ def test_an_orthonormal_memory_gives_the_closed_form_values(beta):
           "cos_mean": 1 / (norm * math.sqrt(n))}
   for memory in diagnostics.MEMORIES:
     for name, value in want.items():
-      assert float(stats[f"retrieval/{memory}/{name}"]) == pytest.approx(value, rel=1e-5), name
+      assert float(stats[f"hopfield/{memory}/{name}"]) == pytest.approx(value, rel=1e-5), name
   if beta == 0.0:  # the uniform average: all N patterns, the batch mean
     assert want["patterns"] == pytest.approx(n) and want["cos_mean"] == pytest.approx(1)
 
@@ -48,14 +48,14 @@ def test_a_sharp_retrieval_returns_the_query_and_a_flat_one_the_mean():
   x, y = _unit(np.random.default_rng(0), 32, 64), _unit(np.random.default_rng(1), 32, 64)
   sharp, flat = (diagnostics.retrieval_stats(x, y, beta) for beta in (1e4, 1e-4))
   for memory in diagnostics.MEMORIES:
-    assert float(flat[f"retrieval/{memory}/patterns"]) == pytest.approx(32, rel=1e-3)
-    assert float(flat[f"retrieval/{memory}/cos_mean"]) == pytest.approx(1, abs=1e-4)
+    assert float(flat[f"hopfield/{memory}/patterns"]) == pytest.approx(32, rel=1e-3)
+    assert float(flat[f"hopfield/{memory}/cos_mean"]) == pytest.approx(1, abs=1e-4)
   # At a large beta every query retrieves one pattern, its nearest. Half the queries (x against
   # the image memory, y against the text memory) find themselves: cosine 1; the other half a
   # random unit vector's nearest neighbour in 64-d, well below 1.
   for memory in diagnostics.MEMORIES:
-    assert 1 <= float(sharp[f"retrieval/{memory}/patterns"]) < 1.01
-    assert 0.5 < float(sharp[f"retrieval/{memory}/cos_query"]) < 0.9
+    assert 1 <= float(sharp[f"hopfield/{memory}/patterns"]) < 1.01
+    assert 0.5 < float(sharp[f"hopfield/{memory}/cos_query"]) < 0.9
 
 
 @pytest.mark.parametrize("devices", [4, 8])

@@ -68,6 +68,9 @@ def test_sweep_tunes_alike_selects_on_validation_and_reports(tmp_path):
   with open(os.path.join(workdir, "report.md")) as f:
     report = f.read()
   assert "## Tuning grid" in report and "## Learning curves" in report, report
+  # Neither CLIP nor SigLIP has a Hopfield retrieval, and the tiny demo runs no attribute probe.
+  assert all(g["diagnostics"] == {} for m in ("clip", "siglip") for g in summary["grid"][m])
+  assert "| — | — | — |" in report, report
   assert "| colour (top-1), chance 12.5 |" in report, report
   assert os.path.getsize(os.path.join(workdir, "report.png")) > 0
   # Re-running the same command reuses every finished run.
@@ -130,3 +133,13 @@ def test_an_unknown_grid_is_refused_before_any_run(tmp_path):
   with pytest.raises(errors.UserError, match=r"^--grid='nope': unknown grid; choose one of"):
     sweep.sweep(CONFIG, ["clip"], 1, 1, [1.0], str(tmp_path / "w"), grid="nope")
   assert not os.path.exists(tmp_path / "w")
+
+
+def test_the_grid_table_shows_the_retrieval_and_the_attribute_probes():
+  logged = {"hopfield/image_memory/patterns": 3.24, "hopfield/text_memory/patterns": 5.1,
+            "hopfield/image_memory/cos_mean": 0.5, "hopfield/text_memory/cos_mean": 0.61,
+            "attribute_probe/image/colour/top1": 0.9, "attribute_probe/image/size/top1": 0.7,
+            "attribute_probe/text/colour/top1": 0.5, "attribute_probe/text/size/top1": 0.5}
+  assert study_report._grid_diagnostics(logged) == (  # pylint: disable=protected-access
+      "3.2 / 5.1", "0.50 / 0.61", "80.0 / 50.0")
+  assert study_report._grid_diagnostics({}) == ("—", "—", "—")  # pylint: disable=protected-access

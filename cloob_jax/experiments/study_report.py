@@ -24,7 +24,10 @@ _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 
          2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
 # Analyses where lower is the paper's "better" (more uniform, better aligned).
 _LOWER_IS_BETTER = ("uniformity", "ajne", "rayleigh", "alignment")
-_PREFIXES = ("retrieval/", "embedding_analysis/")
+_PREFIXES = ("retrieval/", "embedding_analysis/", "attribute_probe/", "hopfield/")
+# What the tuning grid's table shows beside each run's validation score: the Hopfield
+# retrieval's statistics at the last step (objectives/diagnostics.py) and the attribute probes.
+GRID_PREFIXES = ("hopfield/", "attribute_probe/")
 
 
 def interval(values: Sequence[float]) -> dict[str, float]:
@@ -90,6 +93,19 @@ def _machine() -> str:
   import jax  # pylint: disable=g-import-not-at-top
   return (f"{model}, {os.cpu_count()} cores, Python {platform.python_version()}, "
           f"jax {jax.__version__}, {jax.devices()[0].platform} backend")
+
+
+def _grid_diagnostics(d: Mapping[str, float]) -> tuple[str, str, str]:
+  """(patterns, cos to mean, attribute probes) cells of a tuning run's row ('—': not logged)."""
+  def pair(name, fmt):
+    values = [d.get(f"hopfield/{memory}/{name}") for memory in ("image_memory", "text_memory")]
+    return "—" if None in values else " / ".join(format(v, fmt) for v in values)
+
+  probes = [[v for k, v in d.items() if k.startswith(f"attribute_probe/{side}/")]
+            for side in ("image", "text")]
+  probe_cell = ("—" if not all(probes) else
+                " / ".join(f"{100 * np.mean(v):.1f}" for v in probes))
+  return pair("patterns", ".1f"), pair("cos_mean", ".2f"), probe_cell
 
 
 def _seconds(results: Sequence[Mapping[str, Any]]) -> float:
@@ -166,12 +182,19 @@ def write(workdir: str, *, command: str, config_spec: str, methods: Sequence[str
   w()
   w("## Tuning grid (validation mean zero-shot top-1 %)")
   w()
-  w("| method | trial | settings | validation | chosen |")
-  w("|---|---|---|---|---|")
+  w("Beside each run: its Hopfield retrieval at the last training step (effective stored "
+    "patterns per query and the retrieval's cosine to the batch mean, image memory / text "
+    "memory; — without a retrieval) and the attribute probes' mean test top-1 on image / "
+    "text embeddings.")
+  w()
+  w("| method | trial | settings | validation | chosen | patterns | cos to mean | "
+    "attribute probes |")
+  w("|---|---|---|---|---|---|---|---|")
   for m in methods:
     for g in grid[m]:
       mark = "✓" if g["trial"] == chosen[m]["trial"] else ""
-      w(f"| {m} | {g['trial']} | {_settings(g['settings'])} | {100 * g['score']:.1f} | {mark} |")
+      w(f"| {m} | {g['trial']} | {_settings(g['settings'])} | {100 * g['score']:.1f} | {mark} | "
+        + " | ".join(_grid_diagnostics(g.get("diagnostics", {}))) + " |")
   w()
   w("## Compute per method")
   w()

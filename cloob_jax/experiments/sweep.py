@@ -295,7 +295,10 @@ def sweep(config_spec: str, methods: list[str], trials: int, seeds: int,
       batch_size=int(default.batch_size),
       grid={m: [dict(trial=r.trial, seed=r.seed, settings=r.settings,
                      score=selection_score(r.result, tasks),
-                     wall_seconds=r.result.get("wall_seconds_last_session")) for r in tune[m]]
+                     wall_seconds=r.result.get("wall_seconds_last_session"),
+                     diagnostics={k: v for k, v in r.result["metrics"].items()
+                                  if k.startswith(study_report.GRID_PREFIXES)})
+                for r in tune[m]]
             for m in methods},
       chosen=chosen,
       final={m: {steps: [r.result for r in runs] for steps, runs in by_steps.items()}

@@ -27,7 +27,7 @@ MEMORIES = ("image_memory", "text_memory")
 
 def metric_names() -> tuple[str, ...]:
   """The metrics the train step logs for an objective with a Hopfield retrieval."""
-  return tuple(f"retrieval/{m}/{n}" for m in MEMORIES for n in NAMES)
+  return tuple(f"hopfield/{m}/{n}" for m in MEMORIES for n in NAMES)
 
 
 def row_sums(x, y, x_all, y_all, beta) -> dict[str, jax.Array]:
@@ -44,9 +44,9 @@ def row_sums(x, y, x_all, y_all, beta) -> dict[str, jax.Array]:
     entropy = -jnp.sum(p * log_p, axis=-1)
     retrieved = hopfield.normalize_rows(jnp.matmul(p, memory, precision=hopfield.PRECISION))
     mean = hopfield.normalize_rows(jnp.sum(memory, axis=0, keepdims=True))[0]
-    out[f"retrieval/{name}/patterns"] = jnp.sum(jnp.exp(entropy))
-    out[f"retrieval/{name}/cos_query"] = jnp.sum(retrieved * queries)
-    out[f"retrieval/{name}/cos_mean"] = jnp.sum(retrieved @ mean)
+    out[f"hopfield/{name}/patterns"] = jnp.sum(jnp.exp(entropy))
+    out[f"hopfield/{name}/cos_query"] = jnp.sum(retrieved * queries)
+    out[f"hopfield/{name}/cos_mean"] = jnp.sum(retrieved @ mean)
   return out
 
 
