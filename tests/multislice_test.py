@@ -71,3 +71,20 @@ def test_the_train_step_over_two_slices_equals_the_1d_mesh(meshes):
   assert loss == want
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), params,
                want_params)
+
+
+def test_the_evaluators_embed_over_both_axes_of_a_two_slice_mesh(meshes):
+  """The evaluators' batches split over ('dcn', 'data'): the batch rounds up to a multiple of
+  all 8 devices (not of one slice's 4), and the embeddings equal the 1-D mesh's."""
+  from cloob_jax import evaluators  # pylint: disable=g-import-not-at-top
+  from cloob_jax import models  # pylint: disable=g-import-not-at-top
+  module = models.create_model('ViT-tiny')
+  variables = jax.jit(module.init)(jax.random.key(0), np.zeros((1, 32, 32, 3), np.float32),
+                                   np.zeros((1, 77), np.int32))
+  images = np.random.default_rng(0).integers(0, 256, (13, 32, 32, 3), dtype=np.uint8)
+  embedded = []
+  for mesh in meshes:
+    embedder = evaluators.Embedder(module, batch_size=3, mesh=mesh, progress=False)
+    assert embedder.batch_size == 8
+    embedded.append(embedder.embed_images(variables, images))
+  np.testing.assert_allclose(embedded[1], embedded[0], rtol=1e-5, atol=1e-6)

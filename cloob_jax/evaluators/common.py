@@ -180,8 +180,8 @@ class Embedder:
   """Embeds images and texts with a two-tower module, in fixed-size batches over a mesh.
 
   Each tower is compiled once (per module and mesh, shared between embedders): inputs are
-  padded to `batch_size` rows (rounded up to a multiple of the mesh's 'data' axis) and split
-  over that axis; variables are replicated.
+  padded to `batch_size` rows (rounded up to a multiple of the mesh's batch axes) and split
+  over them; variables are replicated.
 
   Two ways to feed it:
     * `embed_images`, `embed_image_batches`, `embed_texts`, `embed_strings`: every process
@@ -209,7 +209,7 @@ class Embedder:
                progress: bool = True):
     self.module = module
     self.mesh = mesh if mesh is not None else parallel.make_mesh()
-    shards = parallel.axis_size(self.mesh, "data")
+    shards = parallel.axis_size(self.mesh, parallel.batch_axes(self.mesh))
     self.batch_size = -(-int(batch_size) // shards) * shards
     # The attributes every tower declares (models.towers.ImageTower, models.towers.TextTower).
     self.image_size = int(module.visual.image_size)
@@ -292,7 +292,7 @@ class Embedder:
   # -- Embedding ----------------------------------------------------------------------------
 
   def _put(self, rows: np.ndarray) -> jax.Array:
-    """Pads rows to batch_size and splits them over the 'data' axis (any process count)."""
+    """Pads rows to batch_size and splits them over the batch axes (any process count)."""
     if rows.shape[0] < self.batch_size:
       pad = np.zeros((self.batch_size - rows.shape[0],) + rows.shape[1:], rows.dtype)
       rows = np.concatenate([rows, pad])
