@@ -17,7 +17,7 @@ Modules, by job:
   families.py   `shuffle_families`: a training order of whole families (imports grain, so
                 it is imported when a pipeline asks for it, not here).
   tasks.py      `ZeroShotTask`, `zeroshot_tasks`, `task_examples`, `retrieval_examples`,
-                `attribute_examples` (with `ATTRIBUTES`).
+                `attribute_examples` (with `ATTRIBUTES`, `SCENE_ATTRIBUTES`).
 
 Everything is a pure function of (seed, split, index): each example derives its own numpy
 Generator, never global state, so grain workers, restarts and different hosts all see the
@@ -36,6 +36,7 @@ from cloob_jax.data.synthetic.scenes import scene_labels
 from cloob_jax.data.synthetic.source import SyntheticWorld
 from cloob_jax.data.synthetic.source import check_family_size
 from cloob_jax.data.synthetic.tasks import ATTRIBUTES
+from cloob_jax.data.synthetic.tasks import SCENE_ATTRIBUTES
 from cloob_jax.data.synthetic.tasks import ZeroShotTask
 from cloob_jax.data.synthetic.tasks import attribute_examples
 from cloob_jax.data.synthetic.tasks import retrieval_examples

@@ -33,11 +33,13 @@ from cloob_jax.data.synthetic import world
 _TASK_STREAM = 100  # seed stream of zero-shot task images: [seed, 100 + task id, i]
 _RETRIEVAL_STREAM = 200  # seed stream of retrieval examples
 _ATTRIBUTE_STREAM = 300  # seed stream of attribute-probe examples
-# The attributes of a scene's first object (and the scene's object count) that the attribute
-# probe reads off frozen embeddings: name -> number of classes.
+# What the attribute probe reads off frozen embeddings: name -> number of classes. Colour,
+# shape, size and grid position are those of the only object of a one-object scene (in a scene
+# of several, "the" colour is not defined); count is that of scenes of one to three objects.
 ATTRIBUTES = {"colour": len(world.COLOURS), "shape": len(world.SHAPES),
-              "size": len(world.SIZES), "count": world.MAX_OBJECTS,
-              "position": len(world.POSITIONS)}
+              "size": len(world.SIZES), "position": len(world.POSITIONS),
+              "count": world.MAX_OBJECTS}
+SCENE_ATTRIBUTES = ("count",)  # the others: of a one-object scene
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,25 +171,29 @@ def retrieval_examples(num_examples: int, image_size: int = 64, seed: int = 0,
   return images, texts
 
 
-def attribute_examples(num_examples: int, image_size: int = 64, seed: int = 0
+def attribute_examples(num_examples: int, image_size: int = 64, seed: int = 0,
+                       single_object: bool = True
                        ) -> tuple[np.ndarray, list[str], dict[str, np.ndarray]]:
   """Scenes of the training distribution (seen colour-shape pairs), each with one detailed
-  caption (colour and shape of every object always; size, position, background sometimes),
-  labelled with every attribute in ATTRIBUTES.
+  caption (colour and shape of every object always; size, position, background sometimes).
+
+  single_object: one object per scene, labelled with the attributes not in SCENE_ATTRIBUTES
+  (those of its object); else one to three objects, labelled with SCENE_ATTRIBUTES.
 
   Returns:
     images: uint8 [num_examples, image_size, image_size, 3]; captions: num_examples str;
     labels: {attribute: int32 [num_examples]} (count: objects - 1).
   """
+  names = [a for a in ATTRIBUTES if (a in SCENE_ATTRIBUTES) != single_object]
+  stream = [seed, _ATTRIBUTE_STREAM, int(single_object)]
   images = np.empty((num_examples, image_size, image_size, 3), np.uint8)
-  texts, labels = [], {name: np.empty((num_examples,), np.int32) for name in ATTRIBUTES}
+  texts, labels = [], {name: np.empty((num_examples,), np.int32) for name in names}
   for i in range(num_examples):
-    scene = scenes.sample_scene(np.random.default_rng([seed, _ATTRIBUTE_STREAM, i]), "seen",
-                                "seen")
+    scene = scenes.sample_scene(np.random.default_rng(stream + [i]), "seen", "seen",
+                                num_objects=1 if single_object else None)
     images[i] = rendering.render(scene, image_size)
-    texts.append(captions.caption(scene, np.random.default_rng([seed, _ATTRIBUTE_STREAM, i, 0]),
-                                  detailed=True))
+    texts.append(captions.caption(scene, np.random.default_rng(stream + [i, 0]), detailed=True))
     fields = scenes.scene_labels(scene)
-    for name in ATTRIBUTES:
+    for name in names:
       labels[name][i] = int(fields[name]) - (1 if name == "count" else 0)
   return images, texts, labels
