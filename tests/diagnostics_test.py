@@ -4,13 +4,13 @@ objectives with a retrieval only."""
 
 import math
 import os
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from cloob_jax import config_lib
 from cloob_jax import objectives
 from cloob_jax import parallel
 from cloob_jax import train
@@ -71,20 +71,13 @@ def test_sharded_statistics_equal_the_full_batch_ones(devices):
     np.testing.assert_allclose(float(got[key]), float(value), rtol=2e-6, err_msg=key)
 
 
-def _demo_config(arg):
-  sys.path.insert(0, REPO)
-  try:
-    from configs import demo  # pylint: disable=g-import-not-at-top
-  finally:
-    sys.path.pop(0)
-  return demo.get_config(arg)
-
-
 @pytest.mark.parametrize("method", objectives.names())
 def test_the_train_step_logs_them_for_objectives_with_a_retrieval(method):
   # Traced, not compiled: the metrics the jitted step returns, at k = 1 and k = 2.
   for k in (1, 2):
-    config = _demo_config(f"tiny=True,evals=False,batch_size=16,method={method},accum_steps={k}")
+    config = config_lib.load_config_file(os.path.join(REPO, "configs", "demo.py"), tiny=True,
+                                         evals=False, batch_size=16, method=method,
+                                         accum_steps=k)
     setup = train.create_train_setup(config)
     state = jax.eval_shape(setup.init, 0)
     batch = {"image": jax.ShapeDtypeStruct((16, 32, 32, 3), jnp.uint8),

@@ -199,6 +199,14 @@ def test_fsdp_shards_parameters_and_matches_replicated_training(reference_run, t
     assert abs(fsdp[step] - ref[step]) <= 1e-5 * abs(ref[step]), (step, fsdp[step], ref[step])
 
 
+def _assert_same_variables(expected_workdir, workdir):
+  """The latest checkpoints of two workdirs hold the same variables, bitwise."""
+  _, expected = checkpoint.restore_variables(expected_workdir)
+  _, got = checkpoint.restore_variables(workdir)
+  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(expected), jax.tree.leaves(got)):
+    np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
+
+
 def test_sigterm_saves_and_sigkill_resumes_bitwise(reference_run, tmp_path):
   workdir = str(tmp_path / "interrupted")
   proc = _main(workdir, wait=False)
@@ -219,10 +227,7 @@ def test_sigterm_saves_and_sigkill_resumes_bitwise(reference_run, tmp_path):
   assert code == 0, out
   assert "Resumed from the checkpoint of step" in out
 
-  _, expected = checkpoint.restore_variables(reference_run)
-  _, resumed = checkpoint.restore_variables(workdir)
-  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(expected), jax.tree.leaves(resumed)):
-    np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
+  _assert_same_variables(reference_run, workdir)
 
 
 def test_sigkill_during_accumulation_resumes_bitwise(tmp_path):
@@ -244,10 +249,7 @@ def test_sigkill_during_accumulation_resumes_bitwise(tmp_path):
   assert code == 0, out
   assert "Resumed from the checkpoint of step" in out
 
-  _, expected = checkpoint.restore_variables(reference)
-  _, resumed = checkpoint.restore_variables(workdir)
-  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(expected), jax.tree.leaves(resumed)):
-    np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
+  _assert_same_variables(reference, workdir)
 
 
 def test_restore_variables_on_another_topology(reference_run, tmp_path):
