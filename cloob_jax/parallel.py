@@ -223,9 +223,11 @@ def gathered_loss(method: str, x: jax.Array, y: jax.Array, inv_tau, beta,
 
 def gathered_retrieval_stats(x: jax.Array, y: jax.Array, beta,
                              mesh: jax.sharding.Mesh | None,
-                             axis_name: AxisName | None = None) -> dict[str, jax.Array]:
-  """`diagnostics.retrieval_stats(x, y, beta)` with the batch sharded as in `gathered_loss`:
-  each device its rows as queries against the gathered memories, sums added over devices."""
+                             axis_name: AxisName | None = None,
+                             chunk: int | None = None) -> dict[str, jax.Array]:
+  """`diagnostics.retrieval_stats(x, y, beta, chunk)` with the batch sharded as in
+  `gathered_loss`: each device its rows as queries against the gathered memories, sums added
+  over devices."""
   if mesh is None:
     mesh = jax.sharding.get_abstract_mesh()
   if axis_name is None:
@@ -238,23 +240,27 @@ def gathered_retrieval_stats(x: jax.Array, y: jax.Array, beta,
   def per_device(x_local, y_local, beta):
     def gather(a):
       return jax.lax.all_gather(a, axis_name, tiled=True)
-    sums = diagnostics.row_sums(x_local, y_local, gather(x_local), gather(y_local), beta)
+    sums = diagnostics.row_sums(x_local, y_local, gather(x_local), gather(y_local), beta, chunk)
     return {k: jax.lax.psum(v, axis_name) / (2 * global_batch) for k, v in sums.items()}
 
   return jax.shard_map(per_device, mesh=mesh, in_specs=(spec, spec, jax.P()),
                        out_specs=jax.P())(x, y, jnp.asarray(beta, jnp.float32))
 
 
-def make_retrieval_stats_fn(mesh: jax.sharding.Mesh | None = None,
-                            axis_name: AxisName | None = None) -> Callable[..., dict]:
+def make_retrieval_stats_fn(method: str, mesh: jax.sharding.Mesh | None = None,
+                            axis_name: AxisName | None = None, chunk=losses.AUTO
+                            ) -> Callable[..., dict]:
   """`fn(image_emb, text_emb, beta) -> {metric: value}`: the Hopfield retrieval's statistics
-  (objectives/diagnostics.py) for the train step, sharded as `make_loss_fn`'s loss."""
+  (objectives/diagnostics.py) for the train step, sharded and chunked as `make_loss_fn(method,
+  mesh, axis_name, chunk)`'s loss: [local, C] score blocks where the loss uses them."""
+  losses.resolve_chunk(method, 0, chunk)  # Fail early on a typo or a bad chunk.
 
   def stats_fn(image_emb, text_emb, beta):
+    size = losses.resolve_chunk(method, image_emb.shape[0], chunk)
     active = mesh if mesh is not None else jax.sharding.get_abstract_mesh()
     if active.empty:
-      return diagnostics.retrieval_stats(image_emb, text_emb, beta)
-    return gathered_retrieval_stats(image_emb, text_emb, beta, active, axis_name)
+      return diagnostics.retrieval_stats(image_emb, text_emb, beta, size)
+    return gathered_retrieval_stats(image_emb, text_emb, beta, active, axis_name, size)
 
   return stats_fn
 

@@ -296,7 +296,8 @@ def create_train_setup(config: ml_collections.ConfigDict, mesh=None) -> TrainSet
           loss_fn=parallel.make_loss_fn(config.method, mesh,
                                         chunk=config.get("objective_chunk", "auto")),
           config=config, batch_sharding=batch_sharding,
-          stats_fn=(parallel.make_retrieval_stats_fn(mesh)
+          stats_fn=(parallel.make_retrieval_stats_fn(config.method, mesh,
+                                                     chunk=config.get("objective_chunk", "auto"))
                     if objectives.get(config.method).needs_beta else None)), target),
       in_shardings=(shardings, batch_sharding),
       out_shardings=(shardings, parallel.replicated_sharding(mesh)), donate_argnums=(0,))

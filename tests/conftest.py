@@ -88,7 +88,7 @@ COMPAT = (
     "tests/multislice_test.py",  # the hybrid (dcn, data) mesh
     "tests/chunked_objective_test.py::test_chunked_under_the_mesh_matches_the_full_batch_plain_loss[cloob]",
     "tests/objectives_test.py::test_eight_devices_give_the_single_device_value_and_gradients",
-    "tests/diagnostics_test.py::test_sharded_statistics_equal_the_full_batch_ones[8]",
+    "tests/diagnostics_test.py::test_sharded_statistics_equal_the_full_batch_ones[8-24]",
     # flax towers: scan, jax.checkpoint policies, attention, platform-dependent tracing
     "tests/models_test.py::test_remat_and_scan_give_the_same_values_and_gradients[ViT-tiny-tower0]",
     "tests/models_test.py::test_each_remat_policy_keeps_what_it_says_for_the_backward_pass[ViT-tiny-vision-True]",

@@ -2,6 +2,7 @@
 memory, the same value sharded as on one device, and the train step logging them for the
 objectives with a retrieval only."""
 
+import functools
 import math
 import os
 
@@ -58,17 +59,29 @@ def test_a_sharp_retrieval_returns_the_query_and_a_flat_one_the_mean():
     assert 0.5 < float(sharp[f"hopfield/{memory}/cos_query"]) < 0.9
 
 
-@pytest.mark.parametrize("devices", [4, 8])
-def test_sharded_statistics_equal_the_full_batch_ones(devices):
+@pytest.mark.parametrize("devices,chunk", [(4, None), (8, None), (8, 24)])
+def test_sharded_statistics_equal_the_full_batch_ones(devices, chunk):
   x, y = _unit(np.random.default_rng(2), 64, 32), _unit(np.random.default_rng(3), 64, 32)
   want = diagnostics.retrieval_stats(x, y, 8.0)
   mesh = parallel.make_mesh(devices)
   sharding = parallel.batch_sharding(mesh)
-  got = jax.jit(parallel.make_retrieval_stats_fn(mesh))(
+  got = jax.jit(parallel.make_retrieval_stats_fn("cloob", mesh, chunk=chunk))(
       jax.device_put(x, sharding), jax.device_put(y, sharding), 8.0)
   assert sorted(got) == sorted(diagnostics.metric_names())
   for key, value in want.items():
     np.testing.assert_allclose(float(got[key]), float(value), rtol=2e-6, err_msg=key)
+
+
+@pytest.mark.parametrize("chunk", [1, 24, 64, 100])
+@pytest.mark.parametrize("beta", [0.0, 8.0, 1e3])
+def test_chunked_statistics_equal_the_plain_ones(chunk, beta):
+  # [2b, C] blocks with an online softmax (ragged last block: 64 = 2 x 24 + 16; C > N too).
+  x, y = _unit(np.random.default_rng(4), 64, 16), _unit(np.random.default_rng(5), 64, 16)
+  want = diagnostics.retrieval_stats(x, y, beta)
+  got = jax.jit(functools.partial(diagnostics.retrieval_stats, chunk=chunk))(x, y, beta)
+  for key, value in want.items():
+    np.testing.assert_allclose(float(got[key]), float(value), rtol=1e-5, atol=1e-6,
+                               err_msg=key)
 
 
 @pytest.mark.parametrize("method", objectives.names())

@@ -12,6 +12,8 @@ softmax, and keeps O(b x C) + O(N x d) memory through the backward pass too:
                 (a checkpointed scan would keep the [b, d] accumulator of every block): the
                 backward pass recomputes each block's weights from the saved per-row
                 logsumexp, as flash attention does. Gradients reach S, M and beta.
+  softmax_statistics  the same retrieval and the entropy of each row's weights, no gradient
+                (the retrieval statistics the train step logs, objectives/diagnostics.py).
 
 N need not be a multiple of C: the last block is zero-padded and its padding masked out.
 `terms` calls these when given a chunk size; without one it runs the plain formulas.
@@ -124,29 +126,34 @@ def sigmoid_sum(anchors, candidates, offset, inv_tau, bias, chunk):
   return total
 
 
-def _average_forward(state, stored, beta, chunk):
-  """(softmax_rows(beta S M^T) M [b, d], per-row logsumexp of beta S M^T [b])."""
+def _average_forward(state, stored, beta, chunk, mean_score=False):
+  """(softmax_rows(beta S M^T) M [b, d], per-row logsumexp of beta S M^T [b]); with
+  `mean_score`, also each row's softmax-weighted mean score sum_j p_ij beta<S_i, M_j> [b]."""
   size = stored.shape[0]
   blocks, index, chunk = _blocks(stored, chunk)
   b, d = state.shape
 
   def body(carry, xs):
-    running_max, running_sum, acc = carry
+    running_max, running_sum, acc, score_sum = carry
     block, k = xs
     cols = k * chunk + jnp.arange(chunk)
-    scores = jnp.where(cols[None, :] < size, beta * _dot_t(state, block), -jnp.inf)
+    valid = cols[None, :] < size
+    scores = jnp.where(valid, beta * _dot_t(state, block), -jnp.inf)
     new_max = jnp.maximum(running_max, jnp.max(scores, axis=1))
     rescale = jnp.exp(running_max - new_max)
     weights = jnp.exp(scores - new_max[:, None])
     running_sum = running_sum * rescale + jnp.sum(weights, axis=1)
     acc = acc * rescale[:, None] + jnp.matmul(weights, block, precision=PRECISION)
-    return (new_max, running_sum, acc), None
+    if mean_score:  # masked columns: weight 0 times score -inf would be nan
+      score_sum = score_sum * rescale + jnp.sum(jnp.where(valid, weights * scores, 0.0), axis=1)
+    return (new_max, running_sum, acc, score_sum), None
 
   init = (jnp.full((b,), _floor(state.dtype), state.dtype), jnp.zeros((b,), state.dtype),
-          jnp.zeros((b, d), state.dtype))
+          jnp.zeros((b, d), state.dtype), jnp.zeros((b,) if mean_score else (), state.dtype))
   init = _varying_like(init, state, stored, beta)
-  (running_max, running_sum, acc), _ = jax.lax.scan(body, init, (blocks, index))
-  return acc / running_sum[:, None], running_max + jnp.log(running_sum)
+  (running_max, running_sum, acc, score_sum), _ = jax.lax.scan(body, init, (blocks, index))
+  out = (acc / running_sum[:, None], running_max + jnp.log(running_sum))
+  return out + (score_sum / running_sum,) if mean_score else out
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
@@ -199,3 +206,15 @@ def retrieve(state, stored, beta, chunk):
   # gradient over devices), since the rule's gradients vary like the blocks they come from.
   state, stored, beta = _varying_like((state, stored, beta), state, stored, beta)
   return hopfield.normalize_rows(_softmax_average(state, stored, beta, check_chunk(chunk)))
+
+
+def softmax_statistics(state, stored, beta, chunk):
+  """Of each row's retrieval weights p_i = softmax(beta S_i M^T), without a [b, N] block:
+  (the retrieval R(S, M) [b, d] (rows normalised), the entropy of p_i [b]). No gradient."""
+  dtype = hopfield.compute_dtype(jnp.result_type(state, stored))
+  state, stored = (jax.lax.stop_gradient(a).astype(dtype) for a in (state, stored))
+  beta = jnp.asarray(jax.lax.stop_gradient(beta), dtype)
+  average, lse, mean_score = _average_forward(state, stored, beta, check_chunk(chunk),
+                                              mean_score=True)
+  # -sum_j p_ij log p_ij = logsumexp_j beta<S_i, M_j> - sum_j p_ij beta<S_i, M_j>
+  return hopfield.normalize_rows(average), lse - mean_score

@@ -12,14 +12,16 @@ equal to its query, and the leave-one-out contrast then saturates.
 
 `row_sums` returns each statistic summed over the block's 2b query rows, so that the
 sharded value (every device its block, then a psum) equals the full batch's; divide by 2N.
-Computed on stopped gradients, one [b, N] block per query set (plain, also when the loss is
-chunked).
+Computed on stopped gradients: one [2b, N] score block per memory, or with `chunk` (the loss's
+own block size) [2b, C] blocks at a time (`chunked.softmax_statistics`), so that the
+statistics need no more memory than the chunked loss.
 """
 
 import jax
 import jax.numpy as jnp
 
 from cloob_jax import hopfield
+from cloob_jax.objectives import chunked
 
 NAMES = ("patterns", "cos_query", "cos_mean")
 MEMORIES = ("image_memory", "text_memory")
@@ -30,19 +32,23 @@ def metric_names() -> tuple[str, ...]:
   return tuple(f"hopfield/{m}/{n}" for m in MEMORIES for n in NAMES)
 
 
-def row_sums(x, y, x_all, y_all, beta) -> dict[str, jax.Array]:
-  """{metric name: the sum over this block's queries (x and y rows)} for both memories."""
+def row_sums(x, y, x_all, y_all, beta, chunk=None) -> dict[str, jax.Array]:
+  """{metric name: the sum over this block's queries (x and y rows)} for both memories;
+  `chunk`: None, or the memory rows per score block."""
   x, y, x_all, y_all = (jax.lax.stop_gradient(a).astype(hopfield.compute_dtype(a.dtype))
                         for a in (x, y, x_all, y_all))
   beta = jnp.asarray(jax.lax.stop_gradient(beta), x.dtype)
   queries = hopfield.normalize_rows(jnp.concatenate([x, y]))  # [2b, d]
   out = {}
   for name, memory in zip(MEMORIES, (x_all, y_all)):
-    scores = beta * jnp.matmul(queries, memory.T, precision=hopfield.PRECISION)  # [2b, N]
-    log_p = jax.nn.log_softmax(scores, axis=-1)
-    p = jnp.exp(log_p)
-    entropy = -jnp.sum(p * log_p, axis=-1)
-    retrieved = hopfield.normalize_rows(jnp.matmul(p, memory, precision=hopfield.PRECISION))
+    if chunk is None:
+      scores = beta * jnp.matmul(queries, memory.T, precision=hopfield.PRECISION)  # [2b, N]
+      log_p = jax.nn.log_softmax(scores, axis=-1)
+      p = jnp.exp(log_p)
+      entropy = -jnp.sum(p * log_p, axis=-1)
+      retrieved = hopfield.normalize_rows(jnp.matmul(p, memory, precision=hopfield.PRECISION))
+    else:
+      retrieved, entropy = chunked.softmax_statistics(queries, memory, beta, chunk)
     mean = hopfield.normalize_rows(jnp.sum(memory, axis=0, keepdims=True))[0]
     out[f"hopfield/{name}/patterns"] = jnp.sum(jnp.exp(entropy))
     out[f"hopfield/{name}/cos_query"] = jnp.sum(retrieved * queries)
@@ -50,6 +56,6 @@ def row_sums(x, y, x_all, y_all, beta) -> dict[str, jax.Array]:
   return out
 
 
-def retrieval_stats(x, y, beta) -> dict[str, jax.Array]:
+def retrieval_stats(x, y, beta, chunk=None) -> dict[str, jax.Array]:
   """The full-batch statistics (means over the 2N queries) of embeddings x, y [N, d]."""
-  return {k: v / (2 * x.shape[0]) for k, v in row_sums(x, y, x, y, beta).items()}
+  return {k: v / (2 * x.shape[0]) for k, v in row_sums(x, y, x, y, beta, chunk).items()}
