@@ -588,7 +588,7 @@ def test_slurm_checks_the_backend_then_trains(fake):
 
 
 def test_slurm_bad_usage(fake):
-  for args in ([], ["--dry-run"], ["--help"]):
+  for args in ([], ["--dry-run"]):  # --help exits 0 (test_help_prints_the_header_and_exits_0)
     proc = _slurm(fake, *args)
     assert proc.returncode == 2 and "usage: sbatch" in proc.stderr, (args, proc.stderr)
   outside = _slurm(fake, "--config=c", "--workdir=w", env={"VENV": str(_fake_venv(fake, ""))})

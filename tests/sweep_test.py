@@ -143,3 +143,43 @@ def test_the_grid_table_shows_the_retrieval_and_the_attribute_probes():
   assert study_report._grid_diagnostics(logged) == (  # pylint: disable=protected-access
       "3.2 / 5.1", "0.50 / 0.61", "80.0 / 50.0")
   assert study_report._grid_diagnostics({}) == ("—", "—", "—")  # pylint: disable=protected-access
+
+
+def test_a_metric_only_some_methods_log_gets_no_cells_or_verdict_for_the_others(tmp_path):
+  # CLOOB logs its retrieval's statistics, CLIP has none: CLIP's cell is "—" (not a NaN mean
+  # that would sort first), and descriptions such as patterns get no verdict.
+  def result(top1, patterns=None):
+    metrics = {"colour/top1": top1}
+    if patterns is not None:
+      metrics["hopfield/image_memory/patterns"] = patterns
+    return {"metrics": metrics, "wall_seconds_last_session": 1.0}
+
+  final = {"clip": {4: [result(0.9), result(0.92)]},
+           "cloob": {4: [result(0.5, 3.0), result(0.6, 5.0)]}}
+  grid = {m: [dict(trial=0, seed=1000, settings={}, score=0.5, wall_seconds=1.0,
+                   diagnostics={})] for m in final}
+  summary = study_report.write(
+      str(tmp_path), command="cmd", config_spec="configs/demo.py", methods=["clip", "cloob"],
+      tasks=["colour"], base_steps=4, tuning_steps=4, budgets={1.0: 4}, batch_size=16,
+      grid=grid, chosen={m: {"trial": 0, "score": 0.5, "settings": {}} for m in final},
+      final=final, chance={"colour": 0.125})
+  assert sorted(summary["table"]["hopfield/image_memory/patterns"]) == ["cloob"]
+  assert summary["table"]["hopfield/image_memory/patterns"]["cloob"]["mean"] == 4.0
+  report = (tmp_path / "report.md").read_text()
+  row = next(line for line in report.splitlines() if line.startswith("| hopfield/"))
+  assert row.startswith("| hopfield/image_memory/patterns | — | 4 ± 1.4") and row.endswith(" | — |")
+  assert "| clip ahead; 95% intervals overlap with cloob |" in report  # colour: a real verdict
+  assert "nan" not in report.lower()
+
+
+def test_grid_and_trials_together_are_refused_in_one_line(tmp_path):
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  proc = subprocess.run([sys.executable, "-m", "cloob_jax.experiments.sweep",
+                         f"--config={CONFIG}", "--grid=width", "--trials=3",
+                         f"--workdir={tmp_path / 'w'}"], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=300)
+  errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+  assert proc.returncode == 2 and errors == [
+      "error: --trials=3 with --grid=width: a grid's size is its number of trials; give one of "
+      "them"], proc.stderr
+  assert not os.path.exists(tmp_path / "w")

@@ -203,6 +203,7 @@ def _assert_same_variables(expected_workdir, workdir):
   """The latest checkpoints of two workdirs hold the same variables, bitwise."""
   _, expected = checkpoint.restore_variables(expected_workdir)
   _, got = checkpoint.restore_variables(workdir)
+  assert jax.tree.structure(expected) == jax.tree.structure(got)
   for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(expected), jax.tree.leaves(got)):
     np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
 
@@ -242,7 +243,9 @@ def test_sigkill_during_accumulation_resumes_bitwise(tmp_path):
 
   workdir = str(tmp_path / "killed")
   proc = _main(workdir, *accum, wait=False)
-  _wait_for_step(workdir, random.randint(5, 15), proc)  # past the checkpoint of step 4
+  # From step 9 on the checkpoint of step 4 is on disk (saves are asynchronous, and the save
+  # of step 8 waits for it).
+  _wait_for_step(workdir, random.randint(9, 15), proc)
   proc.kill()
   proc.wait()
   code, out = _main(workdir, *accum)

@@ -49,6 +49,10 @@ def metric_keys(tasks: Sequence[str], results: Sequence[Mapping[str, Any]]) -> l
   return keys + sorted(k for k in found if k.startswith(_PREFIXES))
 
 
+# Descriptions, not scores: no method is "ahead" on them (the retrieval's statistics).
+_NO_VERDICT = ("hopfield/",)
+
+
 def _lower_is_better(key: str) -> bool:
   return any(word in key for word in _LOWER_IS_BETTER)
 
@@ -122,8 +126,10 @@ def write(workdir: str, *, command: str, config_spec: str, methods: Sequence[str
   main_steps = budgets.get(1.0, max(budgets.values()))
   all_main = [r for m in methods for r in final[m][main_steps]]
   keys = metric_keys(tasks, all_main)
-  table = {key: {m: interval([r["metrics"][key] for r in final[m][main_steps]
-                              if key in r["metrics"]]) for m in methods}
+  # A metric only some methods log (the Hopfield retrieval's) gets cells for those methods.
+  table = {key: {m: interval(values) for m in methods
+                 for values in [[r["metrics"][key] for r in final[m][main_steps]
+                                 if key in r["metrics"]]] if values}
            for key in keys}
   curves = {key: {m: {steps: interval([r["metrics"][key] for r in final[m][steps]])
                       for steps in sorted(final[m])} for m in methods}
@@ -162,8 +168,9 @@ def write(workdir: str, *, command: str, config_spec: str, methods: Sequence[str
     label = key.replace("/top1", " (top-1)")
     if key.split("/")[0] in chance:
       label += f", chance {100 * chance[key.split('/')[0]]:.1f}"
-    w(f"| {label} | " + " | ".join(_fmt(key, table[key][m]) for m in methods)
-      + f" | {verdict(key, table[key])} |")
+    cells = table[key]
+    w(f"| {label} | " + " | ".join(_fmt(key, cells[m]) if m in cells else "—" for m in methods)
+      + f" | {'—' if key.startswith(_NO_VERDICT) or len(cells) < 2 else verdict(key, cells)} |")
   w()
   w("Verdicts take higher as better, except for alignment and the uniformity statistics "
     "(uniformity, Ajne, Rayleigh: lower is better aligned or more uniform, as in the "

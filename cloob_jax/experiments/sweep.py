@@ -145,13 +145,16 @@ def _has(config, key: str) -> bool:
 
 
 def validation_evals(config) -> None:
-  """Moves every eval data seed by VALIDATION_SEED_OFFSET (in place); refuses evals without."""
+  """Moves every eval data seed (and an eval's own `seed`) by VALIDATION_SEED_OFFSET, in
+  place; refuses evals without."""
   moved = 0
   for name, entry in config.evals.items():
     for key in _DATA_KEYS:
       if key in entry and "seed" in entry[key]:
         entry[key].seed = int(entry[key].seed) + VALIDATION_SEED_OFFSET
         moved += 1
+    if "seed" in entry:  # an evaluator that renders its own data (the attribute probe)
+      entry.seed = int(entry.seed) + VALIDATION_SEED_OFFSET
     del name
   if not moved or not compare.task_names(config):
     raise errors.UserError("the sweep selects on a validation split of generated eval data: "
