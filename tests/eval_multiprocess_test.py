@@ -132,7 +132,7 @@ def test_two_processes_with_two_devices_each_equal_one_process(checkpoint, folde
   two, counters = _eval(checkpoint, folder, str(two_dir), _distributed(2, _free_port(), 2))
 
   tasks = ["colour", "shape", "size", "position", "count", "heldout_combination", "retrieval",
-           "embedding_analysis", "shape_probe", "folder"]
+           "embedding_analysis", "attribute_probe", "shape_probe", "folder"]
   assert list(one) == tasks and list(two) == tasks
   # Exactly equal, every metric: both runs give each of their 4 devices 2 rows per call, so
   # every embedding is bitwise the same, and so are the counts, ranks, analyses and the probe.
@@ -146,7 +146,9 @@ def test_two_processes_with_two_devices_each_equal_one_process(checkpoint, folde
   assert sorted(counted["folder_reads"]) == list(range(n_folder))
   reads = [sorted(c["folder_reads"]) for c in counters]
   assert reads == [list(range(0, n_folder, 2)), list(range(1, n_folder, 2))]
-  sizes = [21] * 6 + [13, 13, 30, 21, 15]  # tasks, retrieval, analysis, probe train/test, folder
+  # tasks, retrieval, analysis, attribute probe (one-object and 1-3-object scenes), shape probe
+  # train/test, folder
+  sizes = [21] * 6 + [13, 13, 30, 30, 30, 21, 15]
   assert counted["share_rows"] == sizes
   assert [c["share_rows"] for c in counters] == [[_ceil_div(n, 2) for n in sizes],
                                                  [n // 2 for n in sizes]]
