@@ -42,9 +42,11 @@ SERIAL = (
     "tests/dead_host_test.py",
 )
 
-# Files whose module-scoped fixtures train or build something (a run, exports, a server): one
-# worker runs each file whole, so the fixture is made once, not once per worker.
+# Files whose module-scoped fixtures train or build something (a run, exports, a server), or
+# whose tests share compiled programs in the process (accum_test's full-batch references): one
+# worker runs each file whole, so each is made once, not once per worker.
 WHOLE_FILES = (
+    "tests/accum_test.py",
     "tests/cloob_original_test.py",
     "tests/compile_test.py",
     "tests/eval_multiprocess_test.py",
